@@ -1,0 +1,1 @@
+//! kiln-passes: the pass manager, passes and the egg-based rewriter (built out in the passes issue).
