@@ -22,7 +22,10 @@ pub enum Attr {
     Shape(Shape),
     DType(DType),
     /// A tagged record, `llama3{factor = 8.0, ...}`: the tag picks which fields are allowed.
-    Tagged { tag: String, fields: Attrs },
+    Tagged {
+        tag: String,
+        fields: Attrs,
+    },
 }
 
 // Floats compare and hash by bits so that graphs (and CSE keys) have a total structural equality.

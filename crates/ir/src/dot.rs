@@ -22,7 +22,8 @@ pub fn to_dot(g: &Graph) -> String {
             Some(k) => format!("%{k} = {}", node.op),
             None => node.op.to_string(),
         };
-        let attrs = if node.attrs.is_empty() { String::new() } else { format!("\\n{}", escape(&node.attrs.to_string())) };
+        let attrs =
+            if node.attrs.is_empty() { String::new() } else { format!("\\n{}", escape(&node.attrs.to_string())) };
         let style = match node.op {
             OpKind::Input | OpKind::Output => ", style=filled, fillcolor=\"#dbe9f6\"",
             OpKind::Param | OpKind::Constant => ", style=filled, fillcolor=\"#eeeeee\"",

@@ -140,11 +140,8 @@ impl Graph {
     }
 
     pub(crate) fn set_operand(&mut self, user: NodeId, pos: usize, new: NodeId) {
-        let edge = self
-            .g
-            .edges_directed(user.0, Direction::Incoming)
-            .find(|e| *e.weight() as usize == pos)
-            .map(|e| e.id());
+        let edge =
+            self.g.edges_directed(user.0, Direction::Incoming).find(|e| *e.weight() as usize == pos).map(|e| e.id());
         if let Some(e) = edge {
             self.g.remove_edge(e);
         }
@@ -180,9 +177,10 @@ impl Graph {
             mark[o.index()] = Mark::Done;
         }
         let mut roots: Vec<NodeId> = self.outputs.iter().flat_map(|&o| self.operands(o)).collect();
-        roots.extend(self.node_ids().filter(|&n| {
-            !self.has_users(n) && self.op(n) != OpKind::Output && self.op(n) != OpKind::Input
-        }));
+        roots.extend(
+            self.node_ids()
+                .filter(|&n| !self.has_users(n) && self.op(n) != OpKind::Output && self.op(n) != OpKind::Input),
+        );
         // Iterative DFS: (node, next operand position to visit).
         let mut stack: Vec<(NodeId, Vec<NodeId>, usize)> = Vec::new();
         for root in roots.into_iter().chain(self.node_ids().collect::<Vec<_>>()) {

@@ -48,10 +48,8 @@ pub fn verify_all(g: &Graph) -> Vec<VerifyError> {
         let declared = info.declares_type.then_some(&node.ty);
         match node.op.infer(&tys, &node.attrs, declared) {
             Err(e) => errors.push(fail(VerifyErrorKind::Type(e))),
-            Ok(t) if t != node.ty => errors.push(fail(VerifyErrorKind::TypeMismatch {
-                declared: node.ty.to_string(),
-                inferred: t.to_string(),
-            })),
+            Ok(t) if t != node.ty => errors
+                .push(fail(VerifyErrorKind::TypeMismatch { declared: node.ty.to_string(), inferred: t.to_string() })),
             Ok(_) => {}
         }
         let name = node.attrs.str("name").unwrap_or_default().to_string();
@@ -63,11 +61,9 @@ pub fn verify_all(g: &Graph) -> Vec<VerifyError> {
                 }
             }
             OpKind::Param => match params.get(&name) {
-                Some(t) if *t != node.ty => errors.push(fail(VerifyErrorKind::ParamConflict {
-                    name,
-                    a: t.to_string(),
-                    b: node.ty.to_string(),
-                })),
+                Some(t) if *t != node.ty => {
+                    errors.push(fail(VerifyErrorKind::ParamConflict { name, a: t.to_string(), b: node.ty.to_string() }))
+                }
                 Some(_) => {}
                 None => {
                     params.insert(name, node.ty.clone());
@@ -77,7 +73,10 @@ pub fn verify_all(g: &Graph) -> Vec<VerifyError> {
         }
     }
     if g.outputs().is_empty() {
-        errors.push(VerifyError { node: format!("graph {}", crate::print::graph_name_token(&g.name)), kind: VerifyErrorKind::NoOutputs });
+        errors.push(VerifyError {
+            node: format!("graph {}", crate::print::graph_name_token(&g.name)),
+            kind: VerifyErrorKind::NoOutputs,
+        });
     }
     errors
 }

@@ -274,9 +274,10 @@ pub fn split(cx: &InferCx) -> R {
     if x.shape.dim(axis) != &Dim::c(sum) {
         return Err(format!("sizes {sizes:?} add up to {sum}, but dim {axis} of {x} is {}", x.shape.dim(axis)));
     }
-    let size = usize::try_from(index).ok().and_then(|i| sizes.get(i)).ok_or_else(|| {
-        format!("index {index} is out of range for {} chunks", sizes.len())
-    })?;
+    let size = usize::try_from(index)
+        .ok()
+        .and_then(|i| sizes.get(i))
+        .ok_or_else(|| format!("index {index} is out of range for {} chunks", sizes.len()))?;
     let mut dims = x.shape.0.clone();
     dims[axis] = Dim::c(*size);
     Ok(x.with_shape(Shape(dims)))
@@ -296,7 +297,10 @@ pub fn slice(cx: &InferCx) -> R {
     if let (Some(n), Some(dc)) = (len.as_const(), d.as_const()) {
         let (sc, ec) = (s.as_const().unwrap_or(0), e.as_const().unwrap_or(dc));
         if n <= 0 || sc < 0 || ec > dc {
-            return Err(format!("slice [{start}:{}] of dim {axis} is empty or out of range for {x}", end.map_or(String::new(), |e| e.to_string())));
+            return Err(format!(
+                "slice [{start}:{}] of dim {axis} is empty or out of range for {x}",
+                end.map_or(String::new(), |e| e.to_string())
+            ));
         }
     } else if let Some(n) = len.as_const() {
         if n <= 0 {
@@ -457,7 +461,11 @@ pub fn moe(cx: &InferCx) -> R {
     }
     let weights = &cx.operands[2..];
     if weights.len() as i64 != 3 * e {
-        return Err(format!("{e} experts need {} expert weights (gate, up, down each), found {}", 3 * e, weights.len()));
+        return Err(format!(
+            "{e} experts need {} expert weights (gate, up, down each), found {}",
+            3 * e,
+            weights.len()
+        ));
     }
     if x.rank() != 2 {
         return Err(format!("x must be [T, hidden], found {x}"));

@@ -130,8 +130,24 @@ impl OpKind {
         use OpKind::*;
         matches!(
             self,
-            Add | Sub | Mul | Div | Maximum | Minimum | Pow | Neg | Abs | Exp | Log | Sqrt | Rsqrt | Recip | Tanh
-                | Sigmoid | Silu | Relu | Gelu
+            Add | Sub
+                | Mul
+                | Div
+                | Maximum
+                | Minimum
+                | Pow
+                | Neg
+                | Abs
+                | Exp
+                | Log
+                | Sqrt
+                | Rsqrt
+                | Recip
+                | Tanh
+                | Sigmoid
+                | Silu
+                | Relu
+                | Gelu
         )
     }
 
@@ -141,7 +157,12 @@ impl OpKind {
         matches!(self, OpKind::Output | OpKind::Input)
     }
 
-    pub fn infer(self, operands: &[&TensorType], attrs: &Attrs, declared: Option<&TensorType>) -> Result<TensorType, String> {
+    pub fn infer(
+        self,
+        operands: &[&TensorType],
+        attrs: &Attrs,
+        declared: Option<&TensorType>,
+    ) -> Result<TensorType, String> {
         (self.info().infer)(&InferCx { op: self, operands, attrs, declared })
     }
 }
@@ -191,11 +212,8 @@ pub const ROPE_SCALING: &[TagSpec] = &[
     },
 ];
 
-const ROPE_FIELDS: &[AttrSpec] = &[
-    attr("theta", AttrKind::Float),
-    opt("dim", AttrKind::Int),
-    opt("scaling", AttrKind::Tagged(ROPE_SCALING)),
-];
+const ROPE_FIELDS: &[AttrSpec] =
+    &[attr("theta", AttrKind::Float), opt("dim", AttrKind::Int), opt("scaling", AttrKind::Tagged(ROPE_SCALING))];
 
 /// `rope = neox{theta = ..., dim = ..., scaling = ...}` on a fused attention.
 pub const ROPE_TAGS: &[TagSpec] =
@@ -245,15 +263,24 @@ use Operands::{Fixed, FixedThenVariadic, Variadic};
 
 /// Indexed by `OpKind as usize`; a unit test checks the order.
 pub static TABLE: [OpInfo; 42] = [
-    OpInfo { declares_type: true, ..row!(Input, "input", Fixed(&[]), NAME, infer::declared, "A graph input, by name.") },
+    OpInfo {
+        declares_type: true,
+        ..row!(Input, "input", Fixed(&[]), NAME, infer::declared, "A graph input, by name.")
+    },
     OpInfo {
         declares_type: true,
         ..row!(Param, "param", Fixed(&[]), NAME, infer::param, "A weight, named as in the checkpoint.")
     },
     OpInfo {
         declares_type: true,
-        ..row!(Constant, "constant", Fixed(&[]), &[attr("value", AttrKind::Float)], infer::constant,
-            "A tensor filled with one value.")
+        ..row!(
+            Constant,
+            "constant",
+            Fixed(&[]),
+            &[attr("value", AttrKind::Float)],
+            infer::constant,
+            "A tensor filled with one value."
+        )
     },
     OpInfo {
         has_result: false,
@@ -277,44 +304,113 @@ pub static TABLE: [OpInfo; 42] = [
     row!(Sigmoid, "sigmoid", Fixed(&["x"]), NONE, infer::unary, "1/(1+e^-x)"),
     row!(Silu, "silu", Fixed(&["x"]), NONE, infer::unary, "x·sigmoid(x)"),
     row!(Relu, "relu", Fixed(&["x"]), NONE, infer::unary, "max(x, 0)"),
-    row!(Gelu, "gelu", Fixed(&["x"]), &[attr("approx", AttrKind::Ident(&["erf", "tanh"]))], infer::unary_float,
-        "GELU, exact (erf) or the tanh approximation."),
+    row!(
+        Gelu,
+        "gelu",
+        Fixed(&["x"]),
+        &[attr("approx", AttrKind::Ident(&["erf", "tanh"]))],
+        infer::unary_float,
+        "GELU, exact (erf) or the tanh approximation."
+    ),
     row!(Softmax, "softmax", Fixed(&["x"]), AXIS_OPT, infer::softmax, "Softmax along `axis` (default -1)."),
-    row!(RmsNorm, "rms_norm", Fixed(&["x", "w?"]), EPS, infer::norm,
-        "x / sqrt(mean(x², last axis) + eps) · w"),
-    row!(LayerNorm, "layer_norm", Fixed(&["x", "w?", "b?"]), EPS, infer::norm,
-        "(x - mean) / sqrt(var + eps) · w + b over the last axis"),
-    row!(MatMul, "matmul", Fixed(&["a", "b", "bias?"]), &[opt("transpose_b", AttrKind::Flag)], infer::matmul,
-        "a·b (or a·bᵀ with transpose_b, the layout of HF linear weights) plus optional bias."),
+    row!(RmsNorm, "rms_norm", Fixed(&["x", "w?"]), EPS, infer::norm, "x / sqrt(mean(x², last axis) + eps) · w"),
+    row!(
+        LayerNorm,
+        "layer_norm",
+        Fixed(&["x", "w?", "b?"]),
+        EPS,
+        infer::norm,
+        "(x - mean) / sqrt(var + eps) · w + b over the last axis"
+    ),
+    row!(
+        MatMul,
+        "matmul",
+        Fixed(&["a", "b", "bias?"]),
+        &[opt("transpose_b", AttrKind::Flag)],
+        infer::matmul,
+        "a·b (or a·bᵀ with transpose_b, the layout of HF linear weights) plus optional bias."
+    ),
     row!(Embedding, "embedding", Fixed(&["table", "ids"]), NONE, infer::embedding, "Rows of table picked by ids."),
-    row!(Reshape, "reshape", Fixed(&["x"]), &[attr("shape", AttrKind::Shape)], infer::reshape,
-        "Same elements, new shape."),
-    row!(Permute, "permute", Fixed(&["x"]), &[attr("perm", AttrKind::Ints)], infer::permute,
-        "Transposes axes: result axis i is input axis perm[i]."),
+    row!(
+        Reshape,
+        "reshape",
+        Fixed(&["x"]),
+        &[attr("shape", AttrKind::Shape)],
+        infer::reshape,
+        "Same elements, new shape."
+    ),
+    row!(
+        Permute,
+        "permute",
+        Fixed(&["x"]),
+        &[attr("perm", AttrKind::Ints)],
+        infer::permute,
+        "Transposes axes: result axis i is input axis perm[i]."
+    ),
     row!(Concat, "concat", Variadic("xs"), &[attr("axis", AttrKind::Int)], infer::concat, "Joins along an axis."),
-    row!(Split, "split", Fixed(&["x"]),
-        &[attr("axis", AttrKind::Int), attr("sizes", AttrKind::Ints), attr("index", AttrKind::Int)], infer::split,
-        "Chunk `index` of x cut along `axis` into pieces of `sizes`."),
-    row!(Slice, "slice", Fixed(&["x"]),
-        &[attr("axis", AttrKind::Int), attr("start", AttrKind::Int), opt("end", AttrKind::Int)], infer::slice,
-        "x[start:end] along axis; negative bounds count from the end, no end means to the end."),
+    row!(
+        Split,
+        "split",
+        Fixed(&["x"]),
+        &[attr("axis", AttrKind::Int), attr("sizes", AttrKind::Ints), attr("index", AttrKind::Int)],
+        infer::split,
+        "Chunk `index` of x cut along `axis` into pieces of `sizes`."
+    ),
+    row!(
+        Slice,
+        "slice",
+        Fixed(&["x"]),
+        &[attr("axis", AttrKind::Int), attr("start", AttrKind::Int), opt("end", AttrKind::Int)],
+        infer::slice,
+        "x[start:end] along axis; negative bounds count from the end, no end means to the end."
+    ),
     row!(Cast, "cast", Fixed(&["x"]), &[attr("dtype", AttrKind::DType)], infer::cast, "Converts the element type."),
     row!(ReduceSum, "reduce_sum", Fixed(&["x"]), REDUCE, infer::reduce, "Sum over axes."),
     row!(ReduceMean, "reduce_mean", Fixed(&["x"]), REDUCE, infer::reduce, "Mean over axes."),
     row!(ReduceMax, "reduce_max", Fixed(&["x"]), REDUCE, infer::reduce, "Max over axes."),
-    row!(Rope, "rope", Fixed(&["x", "positions"]), ROPE_ATTRS, infer::rope,
-        "Rotary position embedding of x[T,H,D] at positions[T] (RoFormer, arXiv 2104.09864)."),
-    row!(Attention, "attention", Fixed(&["q", "k", "v", "positions"]), ATTENTION_ATTRS, infer::attention,
+    row!(
+        Rope,
+        "rope",
+        Fixed(&["x", "positions"]),
+        ROPE_ATTRS,
+        infer::rope,
+        "Rotary position embedding of x[T,H,D] at positions[T] (RoFormer, arXiv 2104.09864)."
+    ),
+    row!(
+        Attention,
+        "attention",
+        Fixed(&["q", "k", "v", "positions"]),
+        ATTENTION_ATTRS,
+        infer::attention,
         "Scaled dot-product attention of q[T,Hq,D] over k,v[T,Hkv,D] (Hq a multiple of Hkv: GQA/MQA); \
          with `cache = slot` the keys/values are appended to that KV-cache slot and attention reads all \
-         of it; optional causal mask, sliding window, logit soft-cap and fused RoPE on q and k."),
-    row!(TopK, "top_k", Fixed(&["x"]), &[attr("k", AttrKind::Int)], infer::top_k,
-        "Indices (i32) of the k largest values along the last axis, largest first."),
-    row!(Gather, "gather", Fixed(&["x", "indices"]), &[attr("axis", AttrKind::Int)], infer::gather,
-        "take_along_axis: result[..i..] = x[..indices[..i..]..] along axis."),
-    row!(Moe, "moe", FixedThenVariadic(&["x", "router"], "expert_weights", 3), MOE_ATTRS, infer::moe,
+         of it; optional causal mask, sliding window, logit soft-cap and fused RoPE on q and k."
+    ),
+    row!(
+        TopK,
+        "top_k",
+        Fixed(&["x"]),
+        &[attr("k", AttrKind::Int)],
+        infer::top_k,
+        "Indices (i32) of the k largest values along the last axis, largest first."
+    ),
+    row!(
+        Gather,
+        "gather",
+        Fixed(&["x", "indices"]),
+        &[attr("axis", AttrKind::Int)],
+        infer::gather,
+        "take_along_axis: result[..i..] = x[..indices[..i..]..] along axis."
+    ),
+    row!(
+        Moe,
+        "moe",
+        FixedThenVariadic(&["x", "router"], "expert_weights", 3),
+        MOE_ATTRS,
+        infer::moe,
         "Sparsely-gated mixture of experts (arXiv 1701.06538): router logits → softmax → top_k \
-         (renormalized with norm_topk) → gated FFN experts; expert_weights are gate, up, down per expert."),
+         (renormalized with norm_topk) → gated FFN experts; expert_weights are gate, up, down per expert."
+    ),
 ];
 
 #[cfg(test)]

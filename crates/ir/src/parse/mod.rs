@@ -140,7 +140,8 @@ impl Parser {
             }
         }
         if !info.operands.accepts(operands.len()) {
-            return self.err_at(&op_tok, format!("'{name}' expects {}, found {}", info.operands.describe(), operands.len()));
+            return self
+                .err_at(&op_tok, format!("'{name}' expects {}, found {}", info.operands.describe(), operands.len()));
         }
         let attrs = if self.is_punct('{') { self.attrs(info.attrs)? } else { Attrs::new() };
         if let Err(e) = check_attrs(info.attrs, &attrs) {
@@ -341,11 +342,7 @@ impl Parser {
 
 /// The closest op name within two edits, for "did you mean".
 fn suggest(name: &str) -> Option<&'static str> {
-    OpKind::all()
-        .map(|k| (edit_distance(name, k.name()), k.name()))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, n)| n)
+    OpKind::all().map(|k| (edit_distance(name, k.name()), k.name())).filter(|(d, _)| *d <= 2).min().map(|(_, n)| n)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -1,0 +1,32 @@
+//! Errors raised by the Kiln runtime.
+
+use thiserror::Error;
+
+/// Everything that can go wrong while loading or running an artifact.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// This build of Kiln has no CUDA support.
+    #[error("Kiln was built without CUDA support (rebuild with `--features kiln-runtime/cuda`)")]
+    NotCompiledWithCuda,
+
+    /// The CUDA driver library (`libcuda.so`) could not be loaded.
+    #[error("no CUDA driver: libcuda.so could not be loaded (install the NVIDIA driver, or use the CPU target)")]
+    NoCudaDriver,
+
+    /// The driver loaded but reports no usable GPU.
+    #[error("the CUDA driver is present but reports no GPU")]
+    NoCudaDevice,
+
+    /// A CUDA driver call failed.
+    #[error("CUDA driver call `{call}` failed: {message}")]
+    Cuda {
+        /// The driver API function.
+        call: &'static str,
+        /// The driver's error code and text.
+        message: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

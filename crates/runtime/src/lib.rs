@@ -1,0 +1,17 @@
+//! Kiln runtime: loads a compiled artifact (manifest, kernels, weights) and runs
+//! decode steps on CPU threads or, with the `cuda` feature, on NVIDIA GPUs.
+//!
+//! This crate never depends on LLVM: compiled artifacts run without a compiler.
+//!
+//! ```
+//! match kiln_runtime::cuda_available() {
+//!     Ok(info) => println!("{} CUDA device(s)", info.devices.len()),
+//!     Err(why) => println!("CPU only: {why}"),
+//! }
+//! ```
+
+pub mod device;
+pub mod error;
+
+pub use device::{cuda_available, cuda_driver_present, CudaDevice, CudaInfo};
+pub use error::{Result, RuntimeError};

@@ -1,0 +1,2 @@
+pub mod opt;
+pub mod targets;
