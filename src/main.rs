@@ -3,6 +3,7 @@
 
 mod commands;
 mod io;
+mod model_arg;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,8 +22,18 @@ struct Cli {
 enum Command {
     /// Parse, verify and print Kiln IR (like mlir-opt).
     Opt(commands::opt::OptArgs),
+    /// List the IR's ops with their operands and attributes.
+    Ops(commands::ops::OpsArgs),
     /// Show the code-generation targets this build supports.
     Targets(commands::targets::TargetsArgs),
+    /// Convert a GGUF file into a Hugging Face model folder.
+    Import(commands::import::ImportArgs),
+    /// Write a small random-weight model folder of any supported architecture.
+    GenModel(commands::gen_model::GenModelArgs),
+    /// Print the IR Kiln builds for a model.
+    DumpIr(commands::dump_ir::DumpIrArgs),
+    /// Generate text with a model.
+    Run(commands::run::RunArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -43,6 +54,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Opt(args) => commands::opt::run(args),
         Command::Targets(args) => commands::targets::run(args),
+        Command::Ops(args) => commands::ops::run(args),
+        Command::Import(args) => commands::import::run(args),
+        Command::GenModel(args) => commands::gen_model::run(args),
+        Command::DumpIr(args) => commands::dump_ir::run(args),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,10 +29,13 @@ pub fn run(args: OptArgs) -> Result<()> {
     let graph = kiln_ir::parse(&src).map_err(|e| anyhow!("{name}:{e}"))?;
     kiln_ir::verify(&graph).map_err(|e| anyhow!("{name}: {e}"))?;
     tracing::info!(nodes = graph.len(), "parsed and verified {name}");
-    let text = match args.format {
-        IrFormat::Text => kiln_ir::print(&graph),
-        IrFormat::Dot => kiln_ir::to_dot(&graph),
-        IrFormat::Json => serde_json::to_string_pretty(&kiln_ir::to_json(&graph))? + "\n",
-    };
-    write_output(args.output.as_deref(), &text)
+    write_output(args.output.as_deref(), &format_graph(&graph, args.format)?)
+}
+
+pub fn format_graph(graph: &kiln_ir::Graph, format: IrFormat) -> Result<String> {
+    Ok(match format {
+        IrFormat::Text => kiln_ir::print(graph),
+        IrFormat::Dot => kiln_ir::to_dot(graph),
+        IrFormat::Json => serde_json::to_string_pretty(&kiln_ir::to_json(graph))? + "\n",
+    })
 }

@@ -256,9 +256,35 @@ pub fn check_attrs(specs: &[AttrSpec], attrs: &Attrs) -> Result<(), String> {
     Ok(())
 }
 
+/// Stores integers given for float attributes as floats (recursing into tagged records), so that a
+/// graph prints the way it parses back: the parser reads `theta = 10000` as `Float(10000.0)`, and an
+/// `Int` kept here would print as `10000` and compare unequal to the re-parsed graph.
+pub(crate) fn normalize_floats(specs: &[AttrSpec], attrs: &mut Attrs) {
+    for (name, value) in attrs.0.iter_mut() {
+        let Some(spec) = find_spec(specs, name) else { continue };
+        match (spec.kind, value) {
+            (AttrKind::Float, value) => {
+                if let Attr::Int(i) = *value {
+                    *value = Attr::Float(i as f64);
+                }
+            }
+            (AttrKind::Tagged(tags), Attr::Tagged { tag, fields }) => {
+                if let Some(spec) = tags.iter().find(|t| t.tag == tag) {
+                    normalize_floats(spec.fields, fields);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn fmt_float(f: &mut fmt::Formatter<'_>, x: f64) -> fmt::Result {
     // `{:?}` is the shortest text that parses back to the same bits, and always shows a '.' or an
-    // exponent, so the value reads back as a float.
+    // exponent, so the value reads back as a float. It spells every NaN `NaN`, so the sign of a
+    // negative NaN (what x86 computes for 0.0/0.0) is written out; NaN payloads are not kept.
+    if x.is_nan() && x.is_sign_negative() {
+        return f.write_str("-NaN");
+    }
     write!(f, "{x:?}")
 }
 

@@ -47,7 +47,9 @@ impl Graph {
 
     /// Adds a node without checking it; use [`GraphBuilder`](crate::GraphBuilder) to get types
     /// inferred and checked, and [`verify`](crate::verify) for whole graphs.
-    pub fn add_node(&mut self, op: OpKind, attrs: Attrs, operands: &[NodeId], ty: TensorType) -> NodeId {
+    /// Integer values of float attributes are stored as floats, as the parser reads them.
+    pub fn add_node(&mut self, op: OpKind, mut attrs: Attrs, operands: &[NodeId], ty: TensorType) -> NodeId {
+        crate::attr::normalize_floats(op.info().attrs, &mut attrs);
         let id = NodeId(self.g.add_node(Node { op, attrs, ty }));
         for (i, &o) in operands.iter().enumerate() {
             self.g.add_edge(o.0, id.0, i as u32);

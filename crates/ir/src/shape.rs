@@ -52,6 +52,30 @@ impl Dim {
         Dim::from_map(map, self.constant + other.constant)
     }
 
+    /// `self + other`, or `None` when a coefficient or the constant overflows `i64`.
+    pub fn checked_add(&self, other: &Dim) -> Option<Dim> {
+        let mut map = self.to_map();
+        for (s, c) in &other.terms {
+            let e = map.entry(s.clone()).or_insert(0);
+            *e = e.checked_add(*c)?;
+        }
+        Some(Dim::from_map(map, self.constant.checked_add(other.constant)?))
+    }
+
+    /// `self - other`, or `None` on overflow.
+    pub fn checked_sub(&self, other: &Dim) -> Option<Dim> {
+        self.checked_add(&other.checked_scale(-1)?)
+    }
+
+    /// `k · self`, or `None` on overflow.
+    pub fn checked_scale(&self, k: i64) -> Option<Dim> {
+        let mut map = BTreeMap::new();
+        for (s, c) in &self.terms {
+            map.insert(s.clone(), c.checked_mul(k)?);
+        }
+        Some(Dim::from_map(map, self.constant.checked_mul(k)?))
+    }
+
     pub fn sub(&self, other: &Dim) -> Dim {
         self.add(&other.scale(-1))
     }
@@ -89,7 +113,7 @@ impl fmt::Display for Dim {
             return write!(f, "{}", self.constant);
         }
         for (i, (s, c)) in self.terms.iter().enumerate() {
-            let (sign, mag) = if *c < 0 { ("-", -c) } else { ("+", *c) };
+            let (sign, mag) = if *c < 0 { ("-", c.unsigned_abs()) } else { ("+", c.unsigned_abs()) };
             if i > 0 || sign == "-" {
                 f.write_str(sign)?;
             }
@@ -165,6 +189,20 @@ impl Shape {
         }
         syms.sort();
         (k, syms)
+    }
+
+    /// [`numel_factors`](Self::numel_factors), or `None` when the constant product overflows `i64`.
+    pub fn checked_numel_factors(&self) -> Option<(i64, Vec<Dim>)> {
+        let mut k: i64 = 1;
+        let mut syms = Vec::new();
+        for d in &self.0 {
+            match d.as_const() {
+                Some(c) => k = k.checked_mul(c)?,
+                None => syms.push(d.clone()),
+            }
+        }
+        syms.sort();
+        Some((k, syms))
     }
 
     pub fn eval(&self, env: &dyn Fn(&str) -> Option<i64>) -> Result<Vec<usize>, String> {

@@ -26,6 +26,19 @@ pub enum RuntimeError {
         /// The driver's error code and text.
         message: String,
     },
+
+    /// A tokenizer file or chat template could not be loaded or used.
+    #[error("{file}: {msg}")]
+    Tokenizer {
+        /// The file involved (tokenizer.json, tokenizer_config.json).
+        file: String,
+        /// What went wrong.
+        msg: String,
+    },
+
+    /// Bad sampling settings.
+    #[error("{0}")]
+    Sampling(String),
 }
 
 /// Result alias for this crate.

@@ -12,6 +12,12 @@
 
 pub mod device;
 pub mod error;
+pub mod generate;
+pub mod sampler;
+pub mod tokenizer;
 
 pub use device::{cuda_available, cuda_driver_present, CudaDevice, CudaInfo};
 pub use error::{Result, RuntimeError};
+pub use generate::{generate, DecodeModel, GenerateError, GenerationStats};
+pub use sampler::{Sampler, SamplerConfig};
+pub use tokenizer::{ChatMessage, StreamDecoder, TextTokenizer};

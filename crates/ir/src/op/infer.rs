@@ -218,7 +218,8 @@ pub fn embedding(cx: &InferCx) -> R {
 pub fn reshape(cx: &InferCx) -> R {
     let x = cx.x(0);
     let shape = cx.attrs.shape("shape").ok_or("missing attribute 'shape'")?;
-    if x.shape.numel_factors() != shape.numel_factors() {
+    let count = |s: &Shape| s.checked_numel_factors().ok_or_else(|| format!("the element count of {s} overflows"));
+    if count(&x.shape)? != count(shape)? {
         return Err(format!("cannot reshape {x} to {shape}: element counts differ"));
     }
     Ok(x.with_shape(shape.clone()))
@@ -255,7 +256,9 @@ pub fn concat(cx: &InferCx) -> R {
                 return Err(format!("operand {i} {t} and operand 0 {first} differ in dim {d}"));
             }
         }
-        total = total.add(t.shape.dim(axis));
+        total = total
+            .checked_add(t.shape.dim(axis))
+            .ok_or_else(|| format!("dim {axis} of the result overflows (operand {i} is {t})"))?;
     }
     let mut dims = first.shape.0.clone();
     dims[axis] = total;
@@ -270,7 +273,10 @@ pub fn split(cx: &InferCx) -> R {
     if sizes.iter().any(|&s| s <= 0) {
         return Err(format!("sizes {sizes:?} must all be positive"));
     }
-    let sum: i64 = sizes.iter().sum();
+    let sum = sizes
+        .iter()
+        .try_fold(0i64, |acc, &s| acc.checked_add(s))
+        .ok_or_else(|| format!("sizes {sizes:?} add up to more than any dim"))?;
     if x.shape.dim(axis) != &Dim::c(sum) {
         return Err(format!("sizes {sizes:?} add up to {sum}, but dim {axis} of {x} is {}", x.shape.dim(axis)));
     }
@@ -290,10 +296,14 @@ pub fn slice(cx: &InferCx) -> R {
     let end = cx.attrs.int("end");
     let d = x.shape.dim(axis);
     // Resolve bounds to dims: negative bounds are relative to the end.
-    let bound = |b: i64| if b < 0 { d.add(&Dim::c(b)) } else { Dim::c(b) };
-    let s = bound(start);
-    let e = end.map(bound).unwrap_or_else(|| d.clone());
-    let len = e.sub(&s);
+    let bound = |b: i64| if b < 0 { d.checked_add(&Dim::c(b)) } else { Some(Dim::c(b)) };
+    let overflow = || format!("slice [{start}:{:?}] of dim {axis} of {x} overflows", end);
+    let s = bound(start).ok_or_else(overflow)?;
+    let e = match end {
+        Some(e) => bound(e).ok_or_else(overflow)?,
+        None => d.clone(),
+    };
+    let len = e.checked_sub(&s).ok_or_else(overflow)?;
     if let (Some(n), Some(dc)) = (len.as_const(), d.as_const()) {
         let (sc, ec) = (s.as_const().unwrap_or(0), e.as_const().unwrap_or(dc));
         if n <= 0 || sc < 0 || ec > dc {
@@ -460,10 +470,10 @@ pub fn moe(cx: &InferCx) -> R {
         return Err(format!("need 1 ≤ top_k ({k}) ≤ experts ({e})"));
     }
     let weights = &cx.operands[2..];
-    if weights.len() as i64 != 3 * e {
+    if weights.len() as i128 != 3 * e as i128 {
         return Err(format!(
             "{e} experts need {} expert weights (gate, up, down each), found {}",
-            3 * e,
+            3 * e as i128,
             weights.len()
         ));
     }

@@ -279,10 +279,11 @@ impl Parser {
         let neg = self.eat_punct('-');
         let t = self.next();
         match &t.tok {
-            Tok::Int(i) => {
-                let v = i64::try_from(*i).or_else(|_| self.err_at(&t, "integer out of range"))?;
-                Ok(if neg { -v } else { v })
-            }
+            // Negated before narrowing, so that i64::MIN (which prints as -9223372036854775808) reads back.
+            Tok::Int(i) => match signed(neg, *i) {
+                Some(v) => Ok(v),
+                None => self.err_at(&t, "integer out of range"),
+            },
             other => self.err_at(&t, format!("expected an integer, found {}", other.describe())),
         }
     }
@@ -310,33 +311,46 @@ impl Parser {
     }
 
     /// `['-'] term (('+'|'-') term)*` with `term := INT ['*' IDENT] | IDENT`.
+    /// Arithmetic is checked: a dimension that does not fit `i64` is an error, not an overflow.
     fn dim(&mut self) -> P<Dim> {
-        let mut sign = if self.eat_punct('-') { -1 } else { 1 };
+        let mut neg = self.eat_punct('-');
         let mut acc = Dim::c(0);
         loop {
             let t = self.next();
             let term = match &t.tok {
                 Tok::Int(k) => {
-                    let k = i64::try_from(*k).or_else(|_| self.err_at(&t, "dimension out of range"))?;
+                    let k = signed(neg, *k);
                     if self.eat_punct('*') {
                         let (s, _) = self.ident("a symbol after '*'")?;
-                        Dim::sym(&s).scale(k)
+                        k.and_then(|k| Dim::sym(&s).checked_scale(k))
                     } else {
-                        Dim::c(k)
+                        k.map(Dim::c)
                     }
                 }
-                Tok::Ident(s) => Dim::sym(s),
+                Tok::Ident(s) => Dim::sym(s).checked_scale(if neg { -1 } else { 1 }),
                 other => return self.err_at(&t, format!("expected a dimension, found {}", other.describe())),
             };
-            acc = acc.add(&term.scale(sign));
+            match term.and_then(|term| acc.checked_add(&term)) {
+                Some(d) => acc = d,
+                None => return self.err_at(&t, "dimension out of range"),
+            }
             if self.eat_punct('+') {
-                sign = 1;
+                neg = false;
             } else if self.eat_punct('-') {
-                sign = -1;
+                neg = true;
             } else {
                 return Ok(acc);
             }
         }
+    }
+}
+
+/// A literal's magnitude with its sign applied, if it fits `i64` (`-9223372036854775808` does).
+fn signed(neg: bool, magnitude: u64) -> Option<i64> {
+    if neg {
+        0i64.checked_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).ok()
     }
 }
 

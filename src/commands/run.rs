@@ -1,0 +1,118 @@
+//! `kiln run MODEL --interp --prompt "..."`: generate text, streaming it to stdout; logs and
+//! statistics go to stderr.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_models::{InterpModel, LowerOptions};
+use kiln_runtime::{generate, ChatMessage, DecodeModel, Sampler, SamplerConfig, TextTokenizer};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A Hugging Face model folder or a .gguf file.
+    pub model: PathBuf,
+    /// Run through the reference interpreter (plain f32, slow, exact).
+    #[arg(long)]
+    pub interp: bool,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Print the statistics as JSON on stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Interp(InterpModel);
+
+impl DecodeModel for Interp {
+    fn forward(&mut self, tokens: &[u32]) -> std::result::Result<Vec<f32>, String> {
+        self.0.forward(tokens).map_err(|e| e.to_string())
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    if !args.interp {
+        bail!("only the reference interpreter can run models so far: pass --interp");
+    }
+    let sampler_cfg =
+        SamplerConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    let mut sampler = Sampler::new(sampler_cfg)?;
+    let dir = crate::model_arg::resolve(&args.model)?;
+    let ckpt = crate::model_arg::open(&dir)?;
+    let tok = TextTokenizer::from_dir(&dir.path, &ckpt.spec.eos_token_ids)?;
+    let (text, add_special) = if args.chat {
+        let mut msgs = Vec::new();
+        if let Some(sys) = &args.system {
+            msgs.push(ChatMessage { role: "system".into(), content: sys.clone() });
+        }
+        msgs.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
+        (tok.apply_chat_template(&msgs)?, false)
+    } else {
+        (args.prompt.clone(), true)
+    };
+    let prompt = tok.encode(&text, add_special)?;
+    if prompt.is_empty() {
+        bail!("--prompt encodes to no tokens");
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= ckpt.spec.vocab_size) {
+        bail!("the tokenizer produced id {bad}, outside the model's vocab of {}", ckpt.spec.vocab_size);
+    }
+    tracing::info!(tokens = prompt.len(), "prompt");
+    let t0 = std::time::Instant::now();
+    let model = InterpModel::load(&ckpt, &LowerOptions::default()).context("loading the model")?;
+    tracing::info!(secs = t0.elapsed().as_secs_f64(), "weights loaded");
+    let mut model = Interp(model);
+    let mut stream = tok.stream();
+    let mut stdout = std::io::stdout().lock();
+    let mut write = |piece: &str| -> Result<()> {
+        match stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.context("writing stdout"),
+        }
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    let result = generate(&mut model, &prompt, &mut sampler, &tok.eos_ids, args.max_tokens, &mut |id| {
+        let piece = stream.push(id)?;
+        if let Err(e) = write(&piece) {
+            failure = Some(e);
+        }
+        Ok(())
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let (_, stats) = result?;
+    write(&stream.finish()?)?;
+    write("\n")?;
+    if args.json {
+        eprintln!("{}", serde_json::to_string(&stats)?);
+    } else {
+        eprintln!(
+            "[kiln] prompt {} tokens in {:.2}s ({:.1} tok/s); generated {} tokens ({:.1} tok/s); stop: {}",
+            stats.prompt_tokens,
+            stats.prefill_secs,
+            stats.prefill_tok_per_s(),
+            stats.generated_tokens,
+            stats.decode_tok_per_s(),
+            stats.stop
+        );
+    }
+    Ok(())
+}

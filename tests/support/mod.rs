@@ -1,0 +1,76 @@
+//! Shared helpers of the end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// A fresh, empty temporary folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("kiln-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The SmolLM2 GGUF, when `make model` (scripts/fetch-model.sh) has fetched it.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    let p = std::env::var_os("KILN_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.exists() {
+        Some(p)
+    } else if std::env::var_os("CI").is_some() {
+        panic!("CI must fetch the SmolLM2 model first (make model): {} is missing", p.display());
+    } else {
+        eprintln!("note: {} is missing; run `make model` to enable the SmolLM2 tests", p.display());
+        None
+    }
+}
+
+/// The SmolLM2 GGUF imported once per test binary into a shared folder.
+pub fn smollm2_dir() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let gguf = smollm2_gguf()?;
+        let dst = std::env::temp_dir().join(format!("kiln-test-smollm2-{}", std::process::id()));
+        let opts = kiln_models::gguf::ImportOptions { overwrite: true, ..Default::default() };
+        kiln_models::gguf::import_gguf(&gguf, &dst, &opts).expect("importing SmolLM2");
+        Some(dst)
+    })
+    .clone()
+}
+
+/// Relative L2 error ‖a − b‖ / ‖b‖.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x - *y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+pub fn argmax(xs: &[f32]) -> usize {
+    kiln_runtime::sampler::argmax(xs)
+}
