@@ -22,12 +22,15 @@ export KILN_SMOLLM2_GGUF ?= $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 KILN := ./target/release/kiln
 
 # The demo: the furthest working step of the main job, one command per line,
-# run in order (make echoes each line before running it). Extend the pipeline
-# here, e.g. `$(KILN) import $(KILN_SMOLLM2_GGUF) -o smollm2.kir`, then
-# `$(KILN) compile ...` and `$(KILN) run ...` as those commands land.
+# run in order (make echoes each line before running it): import SmolLM2 from
+# its GGUF into a Hugging Face folder (once), show the IR of its first layer,
+# and generate text with the reference interpreter, plain and as a chat.
+SMOLLM2_DIR := $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct
 define DEMO_STEPS
-$(KILN) opt tests/fixtures/llama_decoder_layer.kir
 $(KILN) targets
+$(KILN) dump-ir $(SMOLLM2_DIR) --layers 1
+$(KILN) run $(SMOLLM2_DIR) --interp --prompt "The capital of France is" --max-tokens 24
+$(KILN) run $(SMOLLM2_DIR) --interp --chat --prompt "Name three colors of the rainbow." --max-tokens 48
 endef
 
 .PHONY: help deps model build release test demo check-runtime-deps lint fmt
@@ -56,7 +59,10 @@ release: deps
 test: deps model
 	@bash scripts/test.sh
 
-demo: deps model release
+$(SMOLLM2_DIR)/config.json: $(KILN_SMOLLM2_GGUF) | release
+	$(KILN) import $(KILN_SMOLLM2_GGUF) -o $(SMOLLM2_DIR) --force
+
+demo: deps model release $(SMOLLM2_DIR)/config.json
 	$(DEMO_STEPS)
 
 check-runtime-deps:
