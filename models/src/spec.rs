@@ -143,7 +143,7 @@ impl DecoderSpec {
         }
     }
 
-    /// Parameter count of the checkpoint tensors the graph reads.
+    /// Parameter count of the checkpoint tensors the graph reads (biases and norms included).
     pub fn param_count(&self) -> usize {
         let (h, d) = (self.hidden_size, self.head_dim);
         let attn = h * self.num_heads * d * 2 + h * self.num_kv_heads * d * 2;
@@ -152,7 +152,11 @@ impl DecoderSpec {
             Some(m) => m.experts * mlp + m.experts * h,
             None => mlp,
         };
-        let per_layer = attn + ffn + h * if self.sandwich_norms { 4 } else { 2 };
+        let biases = if self.qkv_bias { (self.num_heads + 2 * self.num_kv_heads) * d } else { 0 }
+            + if self.o_bias { h } else { 0 }
+            + if self.mlp_bias && self.moe.is_none() { 2 * self.intermediate_size + h } else { 0 };
+        let qk_norms = if self.qk_norm { 2 * d } else { 0 };
+        let per_layer = attn + ffn + biases + qk_norms + h * if self.sandwich_norms { 4 } else { 2 };
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + head + h + self.num_layers() * per_layer
     }

@@ -17,15 +17,77 @@ use kiln_ir::{parse, print, verify_all, Graph, ParseError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use support::{fixtures_dir, kir_files, Rng};
 
-const PUNCT: &[&str] = &["{", "}", "[", "]", "(", ")", ",", "=", ":", "+", "-", "*", "%", "@", "\"", "/", "//", "\\", "\n", " "];
+const PUNCT: &[&str] =
+    &["{", "}", "[", "]", "(", ")", ",", "=", ":", "+", "-", "*", "%", "@", "\"", "/", "//", "\\", "\n", " "];
 
 const WORDS: &[&str] = &[
-    "graph", "input", "param", "constant", "output", "add", "matmul", "rope", "attention", "moe", "reshape", "split",
-    "slice", "concat", "softmax", "rms_norm", "layer_norm", "top_k", "gather", "embedding", "cast", "name", "eps",
-    "axis", "axes", "shape", "perm", "sizes", "index", "start", "end", "dtype", "layout", "theta", "dim", "scaling",
-    "neox", "interleaved", "llama3", "yarn", "linear", "factor", "causal", "window", "cache", "transpose_b",
-    "keepdim", "true", "false", "inf", "NaN", "nan", "f32", "bf16", "i32", "i64", "bool", "q4_k", "q8_0", "T", "P",
-    "experts", "top_k", "activation", "silu", "approx", "tanh",
+    "graph",
+    "input",
+    "param",
+    "constant",
+    "output",
+    "add",
+    "matmul",
+    "rope",
+    "attention",
+    "moe",
+    "reshape",
+    "split",
+    "slice",
+    "concat",
+    "softmax",
+    "rms_norm",
+    "layer_norm",
+    "top_k",
+    "gather",
+    "embedding",
+    "cast",
+    "name",
+    "eps",
+    "axis",
+    "axes",
+    "shape",
+    "perm",
+    "sizes",
+    "index",
+    "start",
+    "end",
+    "dtype",
+    "layout",
+    "theta",
+    "dim",
+    "scaling",
+    "neox",
+    "interleaved",
+    "llama3",
+    "yarn",
+    "linear",
+    "factor",
+    "causal",
+    "window",
+    "cache",
+    "transpose_b",
+    "keepdim",
+    "true",
+    "false",
+    "inf",
+    "NaN",
+    "nan",
+    "f32",
+    "bf16",
+    "i32",
+    "i64",
+    "bool",
+    "q4_k",
+    "q8_0",
+    "T",
+    "P",
+    "experts",
+    "top_k",
+    "activation",
+    "silu",
+    "approx",
+    "tanh",
 ];
 
 const NUMBERS: &[&str] = &[
@@ -92,8 +154,30 @@ const SNIPPETS: &[&str] = &[
 
 /// Characters that stress the lexer's column counting and classification.
 const CHARS: &[char] = &[
-    '\0', '\t', '\r', '\u{b}', '\u{c}', '\u{7f}', '\u{85}', '\u{a0}', 'é', 'ß', 'Ω', '日', '\u{301}', '\u{200b}',
-    '\u{200f}', '\u{2028}', '\u{2029}', '\u{3000}', '\u{feff}', '\u{fffd}', '🦀', '\u{10ffff}', '١', '𝟙',
+    '\0',
+    '\t',
+    '\r',
+    '\u{b}',
+    '\u{c}',
+    '\u{7f}',
+    '\u{85}',
+    '\u{a0}',
+    'é',
+    'ß',
+    'Ω',
+    '日',
+    '\u{301}',
+    '\u{200b}',
+    '\u{200f}',
+    '\u{2028}',
+    '\u{2029}',
+    '\u{3000}',
+    '\u{feff}',
+    '\u{fffd}',
+    '🦀',
+    '\u{10ffff}',
+    '١',
+    '𝟙',
 ];
 
 fn random_char(rng: &mut Rng) -> char {
@@ -318,15 +402,16 @@ fn mutated_fixtures_never_panic_and_errors_are_located() {
             }
         }
     }
-    eprintln!(
-        "parser robustness: {} inputs ({ok} parsed, {err} rejected) in {:.2?}",
-        corpus.len(),
-        start.elapsed()
-    );
+    eprintln!("parser robustness: {} inputs ({ok} parsed, {err} rejected) in {:.2?}", corpus.len(), start.elapsed());
     assert!(corpus.len() >= 3000, "the corpus should hold thousands of inputs, has {}", corpus.len());
     assert!(ok > 100 && err > 1000, "the corpus should exercise both paths: {ok} parsed, {err} rejected");
     if !failures.is_empty() {
-        panic!("{} of {} inputs failed; the first few:\n\n{}", failures.len(), corpus.len(), failures[..failures.len().min(5)].join("\n\n"));
+        panic!(
+            "{} of {} inputs failed; the first few:\n\n{}",
+            failures.len(),
+            corpus.len(),
+            failures[..failures.len().min(5)].join("\n\n")
+        );
     }
 }
 
@@ -356,7 +441,10 @@ fn regression_overflowing_dims_are_errors() {
     let cases = [
         // Dim arithmetic in the parser: constant and coefficient sums, and the negation of i64::MIN.
         ("  %0 = input {name = \"x\"} : f32[9223372036854775807+1]", "2:40: dimension out of range"),
-        ("  %0 = input {name = \"x\"} : f32[9223372036854775807*T+9223372036854775807*T]", "2:56: dimension out of range"),
+        (
+            "  %0 = input {name = \"x\"} : f32[9223372036854775807*T+9223372036854775807*T]",
+            "2:56: dimension out of range",
+        ),
         ("  %0 = input {name = \"x\"} : f32[-9223372036854775809]", "2:31: dimension out of range"),
         ("  %0 = input {name = \"x\"} : f32[T-9223372036854775808-1]", "2:54: dimension out of range"),
     ];
