@@ -1,1 +1,5 @@
-//! kiln-passes: the pass manager, passes and the egg-based rewriter (built out in the passes issue).
+//! kiln-passes: the pass manager, passes and the egg-based rewriter.
+
+pub mod pass;
+
+pub use pass::{Changed, Pass, PassCx, PassError, PassOptions};
