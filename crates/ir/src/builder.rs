@@ -43,6 +43,9 @@ impl GraphBuilder {
         if !info.operands.accepts(operands.len()) {
             return Err(err(format!("expects {}, got {}", info.operands.describe(), operands.len())));
         }
+        if let Some((i, &o)) = operands.iter().enumerate().find(|(_, &o)| !self.graph.op(o).info().has_result) {
+            return Err(err(format!("operand {i} is a '{}', which produces no value", self.graph.op(o))));
+        }
         crate::attr::check_attrs(info.attrs, &attrs).map_err(err)?;
         let tys: Vec<&TensorType> = operands.iter().map(|&o| self.graph.ty(o)).collect();
         let ty = op.infer(&tys, &attrs, declared.as_ref()).map_err(err)?;

@@ -40,6 +40,12 @@ pub fn verify_all(g: &Graph) -> Vec<VerifyError> {
             errors.push(fail(VerifyErrorKind::Arity { expected: info.operands.describe(), found: operands.len() }));
             continue;
         }
+        // A sink (`output`) has no value to use: the printer could only write it as `%?`.
+        if let Some((i, &o)) = operands.iter().enumerate().find(|(_, &o)| !g.op(o).info().has_result) {
+            let what = describe_node(g, &numbers, o);
+            errors.push(fail(VerifyErrorKind::Type(format!("operand {i} is {what}, which produces no value"))));
+            continue;
+        }
         if let Err(e) = check_attrs(info.attrs, &node.attrs) {
             errors.push(fail(VerifyErrorKind::Attr(e)));
             continue;

@@ -152,6 +152,43 @@ const SNIPPETS: &[&str] = &[
     "graph @g {\n}\n",
 ];
 
+/// Whole statements with fresh value numbers (the fixtures' `%0` is always an input), inserted
+/// between lines of a graph so that they reach the result-type rules rather than a syntax error.
+/// Several used to overflow `i64` arithmetic and panic in debug builds.
+const STATEMENTS: &[&str] = &[
+    "%9000 = input {name = \"fz0\"} : f32[9223372036854775807]\n  %9001 = concat %9000, %9000 {axis = 0} : f32[1]",
+    "%9000 = input {name = \"fz0\"} : f32[4294967296,4294967296]\n  %9001 = reshape %9000 {shape = [1]} : f32[1]",
+    "%9000 = input {name = \"fz0\"} : f32[4]\n  %9001 = split %9000 {axis = 0, sizes = [9223372036854775807, 1], index = 0} : f32[4]",
+    "%9000 = input {name = \"fz0\"} : f32[4,4]\n  %9001 = moe %9000, %9000, %9000, %9000, %9000 {experts = 4611686018427387904, top_k = 1, activation = silu} : f32[4,4]",
+    "%9000 = input {name = \"fz0\"} : f32[-5]\n  %9001 = slice %9000 {axis = 0, start = -9223372036854775807} : f32[1]",
+    "%9000 = input {name = \"fz0\"} : f32[T]\n  %9001 = slice %9000 {axis = 0, start = -9223372036854775808} : f32[T]",
+    "%9000 = input {name = \"fz0\"} : f32[9223372036854775807*T+9223372036854775807*T]",
+    "%9000 = input {name = \"fz0\"} : f32[-9223372036854775808*T,T-9223372036854775808]\n  output %9000 {name = \"fz1\"}",
+    "%9000 = input {name = \"fz0\"} : f32[T,2,4]\n  %9001 = input {name = \"fz1\"} : i32[T]\n  %9002 = rope %9000, %9001 {layout = neox, theta = 1e999, dim = -9223372036854775808} : f32[T,2,4]",
+    "%9000 = input {name = \"fz0\"} : f32[T,2,4]\n  %9001 = input {name = \"fz1\"} : i32[T]\n  %9002 = attention %9000, %9000, %9000, %9001 {window = -9223372036854775808, rope = yarn{theta = 1.0}} : f32[T,2,4]",
+    "%9002 = reshape %0 {shape = [9223372036854775807,9223372036854775807]} : f32[1]",
+    "%9002 = top_k %0 {k = 9223372036854775807} : i32[T,1]",
+    "%9002 = slice %0 {axis = -1, start = -9223372036854775808} : f32[T,1]",
+    "%9002 = concat %0, %0, %0 {axis = 0} : f32[3*T,576]",
+    "%9002 = softmax %0 {axis = -9223372036854775808} : f32[T,576]",
+    "%9002 = permute %0 {perm = [9223372036854775807, -1]} : f32[T,576]",
+    "%9002 = reduce_sum %0 {axes = [-9223372036854775808, 9223372036854775807]} : f32[T]",
+    "%9002 = gather %0, %0 {axis = -9223372036854775808} : f32[T,576]",
+    "%9002 = rms_norm %0 {eps = -NaN} : f32[T,576]",
+    "%9002 = cast %0 {dtype = q4_k} : q4_k[T,576]",
+    "output %0 {name = \"\\u{10FFFF}\"}",
+    "%9003 = param {name = \"w\"} : q4_k[-256]",
+    "%9003 = constant {value = -9223372036854775808} : f32[]",
+    "%9003 = constant {value = 1e-400} : f32[0,-1]",
+    // `fused` carries a second little language in a string attribute.
+    "%9004 = fused %0 {expr = \"mul(silu($0), $0)\"} : f32[T,576]",
+    "%9004 = fused %0, %0 {expr = \"add($0, $1, $2)\"} : f32[T,576]",
+    "%9004 = fused %0 {expr = \"$18446744073709551616\"} : f32[T,576]",
+    "%9004 = fused %0 {expr = \"pow($0, -1e999)\"} : f32[T,576]",
+    "%9004 = fused %0 {expr = \"neg(\u{0}$0)\"} : f32[T,576]",
+    "%9004 = fused {expr = \"1.0\"} : f32[]",
+];
+
 /// Characters that stress the lexer's column counting and classification.
 const CHARS: &[char] = &[
     '\0',
@@ -211,7 +248,7 @@ fn mutate(s: &str, rng: &mut Rng) -> String {
     if s.is_empty() {
         return random_char(rng).to_string();
     }
-    match rng.below(12) {
+    match rng.below(13) {
         // Flip one byte (in a byte view; invalid UTF-8 becomes U+FFFD).
         0 => {
             let mut b = s.as_bytes().to_vec();
@@ -248,6 +285,14 @@ fn mutate(s: &str, rng: &mut Rng) -> String {
         6 => {
             let n = *rng.pick(SNIPPETS);
             insert_at(s, rng, n)
+        }
+        // A whole statement between two lines of the graph.
+        12 => {
+            let mut lines: Vec<&str> = s.split('\n').collect();
+            let i = 1 + rng.below(lines.len().max(2) - 1);
+            let stmt = format!("  {}", rng.pick(STATEMENTS));
+            lines.insert(i.min(lines.len()), &stmt);
+            lines.join("\n")
         }
         // Random UTF-8.
         7 => {
@@ -288,7 +333,7 @@ fn mutate(s: &str, rng: &mut Rng) -> String {
         _ => {
             let w = *rng.pick(WORDS);
             let target = *rng.pick(WORDS);
-            match s.match_indices(target).nth(0) {
+            match s.match_indices(target).next() {
                 Some((i, _)) => format!("{}{w}{}", &s[..i], &s[i + target.len()..]),
                 None => insert_at(s, rng, w),
             }
@@ -332,7 +377,7 @@ fn corpus() -> Vec<(String, String)> {
             out.push((format!("{name} truncated at {cut}"), text[..cut].to_string()));
         }
         let mut rng = Rng::new(0x6b69_6c6e ^ (fi as u64) << 32);
-        for i in 0..400 * scale {
+        for i in 0..1000 * scale {
             let k = 1 + [0, 0, 0, 1, 2, 3][rng.below(6)];
             let mut s = text.clone();
             for _ in 0..k {
@@ -342,7 +387,7 @@ fn corpus() -> Vec<(String, String)> {
         }
     }
     let mut rng = Rng::new(0x5eed);
-    for i in 0..600 * scale {
+    for i in 0..2000 * scale {
         out.push((format!("token soup #{i}"), token_soup(&mut rng)));
     }
     out
@@ -403,7 +448,7 @@ fn mutated_fixtures_never_panic_and_errors_are_located() {
         }
     }
     eprintln!("parser robustness: {} inputs ({ok} parsed, {err} rejected) in {:.2?}", corpus.len(), start.elapsed());
-    assert!(corpus.len() >= 3000, "the corpus should hold thousands of inputs, has {}", corpus.len());
+    assert!(corpus.len() >= 10_000, "the corpus should hold thousands of inputs, has {}", corpus.len());
     assert!(ok > 100 && err > 1000, "the corpus should exercise both paths: {ok} parsed, {err} rejected");
     if !failures.is_empty() {
         panic!(
@@ -440,13 +485,14 @@ fn graph(body: &str) -> String {
 fn regression_overflowing_dims_are_errors() {
     let cases = [
         // Dim arithmetic in the parser: constant and coefficient sums, and the negation of i64::MIN.
-        ("  %0 = input {name = \"x\"} : f32[9223372036854775807+1]", "2:40: dimension out of range"),
+        // The error points at the literal whose term overflowed.
+        ("  %0 = input {name = \"x\"} : f32[9223372036854775807+1]", "2:53: dimension out of range"),
         (
             "  %0 = input {name = \"x\"} : f32[9223372036854775807*T+9223372036854775807*T]",
-            "2:56: dimension out of range",
+            "2:55: dimension out of range",
         ),
-        ("  %0 = input {name = \"x\"} : f32[-9223372036854775809]", "2:31: dimension out of range"),
-        ("  %0 = input {name = \"x\"} : f32[T-9223372036854775808-1]", "2:54: dimension out of range"),
+        ("  %0 = input {name = \"x\"} : f32[-9223372036854775809]", "2:34: dimension out of range"),
+        ("  %0 = input {name = \"x\"} : f32[T-9223372036854775808-1]", "2:55: dimension out of range"),
     ];
     for (body, want) in cases {
         let src = graph(body);
@@ -490,4 +536,18 @@ fn regression_i64_extremes_read_back() {
     );
     assert_eq!(no_panic(&src), Ok(true));
     assert_eq!(print(&parse(&src).unwrap()), src);
+}
+
+/// Deeply nested expressions in a `fused` node must be refused, not overflow the stack (which
+/// would abort the whole test binary rather than panic).
+#[test]
+fn deeply_nested_fused_expression_is_refused() {
+    for depth in [10usize, 300, 100_000] {
+        let expr = format!("{}$0{}", "neg(".repeat(depth), ")".repeat(depth));
+        let src = graph(&format!(
+            "  %0 = input {{name = \"x\"}} : f32[4]\n  %1 = fused %0 {{expr = {expr:?}}} : f32[4]\n  output %1 {{name = \"y\"}}"
+        ));
+        let r = no_panic(&src);
+        assert!(r.is_ok(), "depth {depth}: {r:?}");
+    }
 }

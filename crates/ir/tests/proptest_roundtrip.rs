@@ -58,6 +58,8 @@ enum Family {
     TopK,
     Gather,
     Moe,
+    /// `fused {expr = "..."}`, if the op table has it.
+    Fused,
     Output,
     Wild,
 }
@@ -97,6 +99,7 @@ const FAMILIES: &[Family] = {
         TopK,
         Gather,
         Moe,
+        Fused,
         Output,
         Output,
         Wild,
@@ -208,7 +211,8 @@ struct Gen<'s> {
     /// Params made so far: (name, type), for re-declaring a shared weight under the same name.
     params: Vec<(String, TensorType)>,
     fresh: usize,
-    outputs: usize,
+    /// The `output` nodes: no value, so never a valid operand (wild steps try anyway).
+    sinks: Vec<NodeId>,
     /// Floats and name of the current step.
     f: [f64; 2],
     fi: usize,
@@ -323,7 +327,7 @@ impl Gen<'_> {
                 if op.info().has_result {
                     self.vals.push(n);
                 } else {
-                    self.outputs += 1;
+                    self.sinks.push(n);
                 }
                 if wild {
                     self.stats.wild_ok += 1;
@@ -730,6 +734,10 @@ impl Gen<'_> {
                 self.b.op(OpKind::Gather, &[x, idx], a)
             }
             Family::Moe => self.moe(),
+            Family::Fused => match OpKind::from_name("fused") {
+                Some(op) => self.fused(op),
+                None => return,
+            },
             Family::Output => {
                 let x = if self.vals.is_empty() { self.float_value(1) } else { *self.rng.pick(&self.vals) };
                 let name = self.unique("out");
@@ -870,8 +878,11 @@ impl Gen<'_> {
             move |t| {
                 t.dtype.is_float()
                     && t.rank() == 3
-                    && t.shape.dim(2).as_const().is_some_and(|d| d > 0 && d % 2 == 0)
-                    && t.shape.dim(1).as_const().is_some_and(|h| h > 0 && !matches!(heads, Some(x) if x != h))
+                    && t.shape.dim(2).as_const().is_some_and(|d| (1..=4096).contains(&d) && d % 2 == 0)
+                    && t.shape
+                        .dim(1)
+                        .as_const()
+                        .is_some_and(|h| (1..=64).contains(&h) && !matches!(heads, Some(x) if x != h))
             },
             move |g| {
                 let dt = *g.rng.pick(&FLOATS);
@@ -969,6 +980,74 @@ impl Gen<'_> {
         self.b.op(OpKind::Moe, &ops, a)
     }
 
+    /// `fused`: 1–3 float operands of one dtype that broadcast together, and a random expression
+    /// over the elementwise functions that uses each operand at least once.
+    fn fused(&mut self, op: OpKind) -> Result<NodeId, kiln_ir::BuildError> {
+        let x = self.float_value(0);
+        let xt = self.ty(x);
+        let mut ops = vec![x];
+        for _ in 0..self.rng.below(3) {
+            let dims: Vec<Dim> = match self.rng.below(3) {
+                0 => xt.shape.0.clone(),
+                1 => vec![],
+                _ => {
+                    let drop = self.rng.below(xt.rank() + 1);
+                    xt.shape.0[drop..].iter().map(|d| if self.rng.coin() { Dim::c(1) } else { d.clone() }).collect()
+                }
+            };
+            ops.push(self.value_of(tt(xt.dtype, dims)));
+        }
+        if self.rng.coin() {
+            let last = ops.len() - 1;
+            ops.swap(0, last);
+        }
+        const UNARY: &[&str] = &[
+            "neg",
+            "abs",
+            "exp",
+            "log",
+            "sqrt",
+            "rsqrt",
+            "recip",
+            "tanh",
+            "sigmoid",
+            "silu",
+            "relu",
+            "gelu_tanh",
+            "gelu_erf",
+        ];
+        const BINARY: &[&str] = &["add", "sub", "mul", "div", "maximum", "minimum", "pow"];
+        const NUMBERS: &[&str] = &["1.0", "-2.5", "1e-5", "0.5", "3", "inf", "-inf", "nan", "-0.0", "1e300"];
+        let mut terms: Vec<String> = (0..ops.len()).map(|i| format!("${i}")).collect();
+        for _ in 0..self.rng.below(3) {
+            terms.push(self.rng.pick(NUMBERS).to_string());
+        }
+        // Extra uses of operands, then combine everything into one tree.
+        for _ in 0..self.rng.below(2) {
+            terms.push(format!("${}", self.rng.below(ops.len())));
+        }
+        self.rng.shuffle(&mut terms);
+        let wrap = |g: &mut Self, e: String| {
+            if g.rng.one_in(3) {
+                format!("{}({e})", g.rng.pick(UNARY))
+            } else {
+                e
+            }
+        };
+        let mut terms: Vec<String> = terms.into_iter().map(|t| wrap(self, t)).collect();
+        while terms.len() > 1 {
+            let i = self.rng.below(terms.len() - 1);
+            let (a, b) = (terms.remove(i), terms.remove(i));
+            let sep = if self.rng.one_in(4) { " , " } else { ", " };
+            let e = format!("{}({a}{sep}{b})", self.rng.pick(BINARY));
+            let e = wrap(self, e);
+            terms.insert(i, e);
+        }
+        let expr = terms.pop().unwrap();
+        self.feature("fused expression");
+        self.b.op(op, &ops, Attrs::new().with("expr", Attr::Str(expr)))
+    }
+
     /// A random value for an attribute of this kind: sensible small values, boundary integers,
     /// and the special floats.
     fn random_attr(&mut self, kind: AttrKind, depth: usize) -> Attr {
@@ -1016,7 +1095,15 @@ impl Gen<'_> {
             kiln_ir::op::Operands::Fixed(names) => names.len() - self.rng.below(2).min(names.len()),
             _ => self.rng.below(8) + 1,
         };
-        let operands: Vec<NodeId> = (0..n).map(|_| *self.rng.pick(&self.vals)).collect();
+        let operands: Vec<NodeId> = (0..n)
+            .map(|_| {
+                if !self.sinks.is_empty() && self.rng.one_in(10) {
+                    *self.rng.pick(&self.sinks)
+                } else {
+                    *self.rng.pick(&self.vals)
+                }
+            })
+            .collect();
         let mut attrs = Attrs::new();
         for spec in op.info().attrs {
             if spec.required || self.rng.coin() {
@@ -1039,7 +1126,7 @@ fn build(case: &Case, stats: &mut Stats) -> Graph {
         vals: Vec::new(),
         params: Vec::new(),
         fresh: 0,
-        outputs: 0,
+        sinks: Vec::new(),
         f: [0.0; 2],
         fi: 0,
         name: String::new(),
@@ -1048,7 +1135,7 @@ fn build(case: &Case, stats: &mut Stats) -> Graph {
     for s in &case.steps {
         g.step(s);
     }
-    if case.ensure_output && g.outputs == 0 {
+    if case.ensure_output && g.sinks.is_empty() {
         let x = match g.vals.last() {
             Some(&x) => x,
             None => g.float_value(1),
@@ -1139,7 +1226,12 @@ fn random_graphs_round_trip_and_verify() {
     );
     if stats.cases >= 200 {
         for op in OpKind::all() {
-            assert!(stats.ops.contains_key(op.name()), "no generated graph contained '{}'", op.name());
+            assert!(
+                stats.ops.contains_key(op.name()),
+                "no generated graph contained '{}': teach the generator in {} about it",
+                op.name(),
+                file!()
+            );
         }
         for f in [
             "rope scaling linear",

@@ -401,3 +401,23 @@ fn bad_fixtures_are_reported() {
         "3:8: unknown op 'matmull' (did you mean 'matmul'?)"
     );
 }
+
+/// A sink has no value: using an `output` as an operand used to pass both the builder and the
+/// verifier, and then printed as `%?`, which does not parse.
+#[test]
+fn regression_output_used_as_operand() {
+    let mut b = GraphBuilder::new("g");
+    let x = b.input("x", f32t(&[c(4)])).unwrap();
+    let o = b.output("y", x).unwrap();
+    let e = b.unary(OpKind::Exp, o).unwrap_err();
+    assert_eq!(e.to_string(), "cannot build 'exp': operand 0 is a 'output', which produces no value");
+
+    let mut g = Graph::new("g");
+    let x = input(&mut g, "x", f32t(&[c(4)]));
+    let o = output(&mut g, "y", x);
+    let e = g.add_node(OpKind::Exp, Attrs::new(), &[o], f32t(&[c(4)]));
+    output(&mut g, "z", e);
+    let err = only_error(&g);
+    assert_eq!(err.node, "%1 = exp");
+    assert_eq!(err.kind, VerifyErrorKind::Type("operand 0 is output \"y\", which produces no value".into()));
+}

@@ -372,5 +372,6 @@ fn eval(
             }
             ops::moe::moe(x[0], x[1], &x[2..], top_k, attrs.flag("norm_topk"), act)
         }
+        Fused => ops::fused::fused(attrs.str("expr").ok_or_else(|| need("expr"))?, x),
     }
 }

@@ -297,7 +297,8 @@ pub fn slice(cx: &InferCx) -> R {
     let d = x.shape.dim(axis);
     // Resolve bounds to dims: negative bounds are relative to the end.
     let bound = |b: i64| if b < 0 { d.checked_add(&Dim::c(b)) } else { Some(Dim::c(b)) };
-    let overflow = || format!("slice [{start}:{:?}] of dim {axis} of {x} overflows", end);
+    let overflow =
+        || format!("slice [{start}:{}] of dim {axis} of {x} overflows", end.map_or(String::new(), |e| e.to_string()));
     let s = bound(start).ok_or_else(overflow)?;
     let e = match end {
         Some(e) => bound(e).ok_or_else(overflow)?,
@@ -493,4 +494,23 @@ pub fn moe(cx: &InferCx) -> R {
         }
     }
     Ok(x.clone())
+}
+
+/// `fused`: the expression must parse, refer to every operand and only to them; operands share one
+/// float dtype and broadcast together to the result.
+pub fn fused(cx: &InferCx) -> R {
+    let src = cx.attrs.str("expr").ok_or("missing attribute 'expr'")?;
+    let e = super::expr::Expr::parse(src).map_err(|m| format!("bad expression {src:?}: {m}"))?;
+    e.check_operands(cx.operands.len()).map_err(|m| format!("bad expression {src:?}: {m}"))?;
+    let first = cx.x(0);
+    let mut shape = Shape::scalar();
+    for (i, t) in cx.operands.iter().enumerate() {
+        unquantized(t, &format!("operand {i}"))?;
+        float_operand(t, &format!("operand {i}"))?;
+        if t.dtype != first.dtype {
+            return Err(format!("operand dtypes differ: operand {i} is {t}, operand 0 is {first} (insert a cast)"));
+        }
+        shape = broadcast(&shape, &t.shape).map_err(|m| format!("operand {i}: {m}"))?;
+    }
+    Ok(TensorType { dtype: first.dtype, shape })
 }

@@ -2,6 +2,7 @@
 //! rule. The printer, parser and verifier are driven by it (and later the e-graph language and the
 //! interpreter). Adding an op is one `OpKind` variant plus one row in [`TABLE`].
 
+pub mod expr;
 mod infer;
 pub mod rope;
 
@@ -56,6 +57,7 @@ pub enum OpKind {
     TopK,
     Gather,
     Moe,
+    Fused,
 }
 
 /// How many operands an op takes, and their names (for error messages and docs).
@@ -262,7 +264,7 @@ macro_rules! row {
 use Operands::{Fixed, FixedThenVariadic, Variadic};
 
 /// Indexed by `OpKind as usize`; a unit test checks the order.
-pub static TABLE: [OpInfo; 42] = [
+pub static TABLE: [OpInfo; 43] = [
     OpInfo {
         declares_type: true,
         ..row!(Input, "input", Fixed(&[]), NAME, infer::declared, "A graph input, by name.")
@@ -410,6 +412,16 @@ pub static TABLE: [OpInfo; 42] = [
         infer::moe,
         "Sparsely-gated mixture of experts (arXiv 1701.06538): router logits → softmax → top_k \
          (renormalized with norm_topk) → gated FFN experts; expert_weights are gate, up, down per expert."
+    ),
+    row!(
+        Fused,
+        "fused",
+        Variadic("xs"),
+        &[attr("expr", AttrKind::Str)],
+        infer::fused,
+        "An elementwise expression over the operands, broadcast numpy-style to the result (all of one \
+         float dtype): `expr` calls the elementwise ops by name (gelu as gelu_tanh / gelu_erf) on `$i` \
+         (operand i) and numbers, e.g. \"mul(silu($0), $1)\"; see kiln_ir::op::expr."
     ),
 ];
 

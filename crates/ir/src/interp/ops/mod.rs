@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod fused;
 pub mod index;
 pub mod layout;
 pub mod math;
