@@ -116,7 +116,7 @@ impl DType {
             DType::F16 | DType::BF16 => Some(elems * 2),
             DType::I64 => Some(elems * 8),
             DType::Bool => Some(elems),
-            DType::Quant(q) => (elems % q.block_elems() == 0).then(|| elems / q.block_elems() * q.block_bytes()),
+            DType::Quant(q) => elems.is_multiple_of(q.block_elems()).then(|| elems / q.block_elems() * q.block_bytes()),
         }
     }
 }

@@ -207,6 +207,8 @@ fn bad_expressions_are_verifier_errors() {
     assert!(e.starts_with("cannot build 'fused': bad expression"), "{e}");
     let e = b.op(OpKind::Fused, &[], fused_attrs("1.0")).unwrap_err().to_string();
     assert!(e.contains("expects one or more operands"), "{e}");
+    // The type rule itself, called with no operands (as a pass might), errs instead of panicking.
+    assert_eq!(OpKind::Fused.infer(&[], &fused_attrs("1.0"), None).unwrap_err(), "fused needs at least one operand");
 }
 
 #[test]

@@ -62,7 +62,7 @@ pub fn param(cx: &InferCx) -> R {
     if let DType::Quant(q) = t.dtype {
         let inner = t.shape.last().and_then(|d| d.as_const());
         match inner {
-            Some(n) if n as usize % q.block_elems() == 0 => {}
+            Some(n) if (n as usize).is_multiple_of(q.block_elems()) => {}
             _ => {
                 return Err(format!(
                     "a {} weight needs its last dim to be a multiple of {}, found {t}",
@@ -502,7 +502,7 @@ pub fn fused(cx: &InferCx) -> R {
     let src = cx.attrs.str("expr").ok_or("missing attribute 'expr'")?;
     let e = super::expr::Expr::parse(src).map_err(|m| format!("bad expression {src:?}: {m}"))?;
     e.check_operands(cx.operands.len()).map_err(|m| format!("bad expression {src:?}: {m}"))?;
-    let first = cx.x(0);
+    let first = cx.operands.first().ok_or("fused needs at least one operand")?;
     let mut shape = Shape::scalar();
     for (i, t) in cx.operands.iter().enumerate() {
         unquantized(t, &format!("operand {i}"))?;

@@ -85,7 +85,7 @@ impl Operands {
 
     pub fn describe(&self) -> String {
         match self {
-            Operands::Fixed(names) if names.is_empty() => "no operands".into(),
+            Operands::Fixed([]) => "no operands".into(),
             Operands::Fixed(names) => format!("operands ({})", names.join(", ")),
             Operands::Variadic(name) => format!("one or more operands ({name}...)"),
             Operands::FixedThenVariadic(names, tail, min) => {
