@@ -27,8 +27,13 @@ impl InterpModel {
     /// Lowers the checkpoint, checks its tensors, and loads the weights (as f32).
     pub fn load(ckpt: &Checkpoint, opts: &LowerOptions) -> Result<InterpModel> {
         let graph = ckpt.graph(opts)?;
-        ckpt.check_graph(&graph)?;
-        let interp = Interpreter::new(&graph, ckpt).map_err(|e| interp_err(ckpt, e))?;
+        InterpModel::with_graph(ckpt, &graph)
+    }
+
+    /// Runs `graph` (the checkpoint's graph after passes, say) with the checkpoint's weights.
+    pub fn with_graph(ckpt: &Checkpoint, graph: &kiln_ir::Graph) -> Result<InterpModel> {
+        ckpt.check_graph(graph)?;
+        let interp = Interpreter::new(graph, ckpt).map_err(|e| interp_err(ckpt, e))?;
         Ok(InterpModel { interp, cache: KvCache::new(), position: 0, vocab_size: ckpt.spec.vocab_size })
     }
 

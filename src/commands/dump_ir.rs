@@ -1,6 +1,7 @@
-//! `kiln dump-ir MODEL`: the IR Kiln builds for a model, as text, Graphviz or JSON.
+//! `kiln dump-ir MODEL [--passes PIPELINE]`: the IR Kiln builds for a model, optionally after a pass
+//! pipeline (with `kiln opt`'s pass flags), as text, Graphviz or JSON.
 
-use crate::commands::opt::{format_graph, IrFormat};
+use crate::commands::opt::{format_graph, IrFormat, PassArgs};
 use crate::io::write_output;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -27,6 +28,8 @@ pub struct DumpIrArgs {
     pub logits: LogitsArg,
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub passes: PassArgs,
 }
 
 pub fn run(args: DumpIrArgs) -> Result<()> {
@@ -36,7 +39,8 @@ pub fn run(args: DumpIrArgs) -> Result<()> {
         LogitsArg::Last => Logits::Last,
         LogitsArg::All => Logits::All,
     };
-    let graph = ckpt.graph(&LowerOptions { logits, layers: args.layers })?;
+    let mut graph = ckpt.graph(&LowerOptions { logits, layers: args.layers })?;
     kiln_ir::verify(&graph)?;
+    args.passes.run(&mut graph)?;
     write_output(args.output.as_deref(), &format_graph(&graph, args.format)?)
 }

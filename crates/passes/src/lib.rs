@@ -3,3 +3,14 @@
 pub mod pass;
 
 pub use pass::{Changed, Pass, PassCx, PassError, PassOptions};
+pub mod instrument;
+pub mod manager;
+pub mod passes;
+pub mod pipeline;
+pub mod registry;
+
+pub use instrument::{Instrumentation, PassRecord, RunReport, TimingFormat};
+pub use manager::{ManagerError, PassManager};
+pub use pipeline::{PassSpec, Pipeline, PipelineError};
+pub use registry::{PassEntry, REGISTRY};
+pub mod egraph;
