@@ -1,11 +1,12 @@
 //! Times the `eqsat` pass on whole-model graphs of SmolLM2-135M's shape (hidden 576, 9 query / 3
 //! KV heads, intermediate 1536, vocab 49152) at 10, 20 and 30 layers, to show time growing
 //! linearly with depth, and compares with one whole-graph e-graph. With `--gguf FILE` it also
-//! imports a real GGUF checkpoint (bf16, into a temporary folder) and times its graph.
+//! imports a real GGUF checkpoint (bf16, into a temporary folder) and times its graph. Cargo runs
+//! benchmarks in the crate's folder, so give the file as an absolute path:
 //!
 //! ```text
 //! cargo bench -p kiln-passes --bench eqsat
-//! cargo bench -p kiln-passes --bench eqsat -- --gguf .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+//! cargo bench -p kiln-passes --bench eqsat -- --gguf $PWD/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 //! ```
 
 use kiln_ir::{Graph, OpKind};
