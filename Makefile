@@ -23,12 +23,15 @@ KILN := ./target/release/kiln
 
 # The demo: the furthest working step of the main job, one command per line,
 # run in order (make echoes each line before running it): import SmolLM2 from
-# its GGUF into a Hugging Face folder (once), show the IR of its first layer,
-# and generate text with the reference interpreter, plain and as a chat.
+# its GGUF into a Hugging Face folder (once), show the IR of its first layer
+# before and after the -O2 pipeline (RoPE fused into attention, merged
+# projections, fused elementwise chains), and generate text with the
+# reference interpreter, plain and as a chat.
 SMOLLM2_DIR := $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct
 define DEMO_STEPS
 $(KILN) targets
 $(KILN) dump-ir $(SMOLLM2_DIR) --layers 1
+$(KILN) dump-ir $(SMOLLM2_DIR) --layers 1 -O2 --pass-timing
 $(KILN) run $(SMOLLM2_DIR) --interp --prompt "The capital of France is" --max-tokens 24
 $(KILN) run $(SMOLLM2_DIR) --interp --chat --prompt "Name three colors of the rainbow." --max-tokens 48
 endef

@@ -35,6 +35,17 @@ fn print_ir_after_all_on_a_small_model() {
     assert!(stderr.ends_with(&format!("{stdout}\n")));
 }
 
+/// -O2 on a llama layer: RoPE fuses into attention, q/k/v and gate/up merge, SwiGLU fuses.
+#[test]
+fn print_ir_after_all_o2_on_a_llama_layer() {
+    let layer = "tests/fixtures/llama_decoder_layer.kir";
+    let (stdout, stderr) = ok(kiln(&["opt", layer, "-O2", "--print-ir-after-all", "--verify-each"]));
+    insta::assert_snapshot!("print_ir_after_all_o2_llama_layer", stderr);
+    assert!(stdout.contains("rope = neox{theta = 100000.0}"));
+    assert!(stdout.contains("fused "));
+    assert!(!stdout.contains("= rope "));
+}
+
 #[test]
 fn passes_rewrite_a_file() {
     let src = r#"graph @g {
