@@ -4,7 +4,7 @@
 //! (local RoPE base, no scaling) interleaved with global ones (rope_theta, rope_scaling).
 //! Reference: transformers' `modeling_gemma3.py`.
 
-use super::{activation, base_spec, common, rope};
+use super::{activation, base_spec, common, layer_type_is_sliding, rope};
 use crate::config::ConfigJson;
 use crate::error::Result;
 use crate::spec::{Arch, DecoderSpec, LayerSpec};
@@ -19,17 +19,7 @@ pub fn parse(cfg: &ConfigJson, prefix: &str, lm_head: &str) -> Result<DecoderSpe
     let pattern = cfg.opt_usize("sliding_window_pattern")?.unwrap_or(6);
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
-        let sliding = match &layer_types {
-            Some(types) => match types.get(i) {
-                Some(&"sliding_attention") => true,
-                Some(&"full_attention") => false,
-                other => {
-                    return Err(cfg
-                        .err(format!("layer_types[{i}] must be sliding_attention or full_attention, found {other:?}")))
-                }
-            },
-            None => (i + 1) % pattern != 0,
-        };
+        let sliding = layer_type_is_sliding(cfg, layer_types.as_deref(), i)?.unwrap_or((i + 1) % pattern != 0);
         layers.push(if sliding {
             LayerSpec { window: Some(window), rope: local.clone() }
         } else {

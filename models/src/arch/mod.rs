@@ -171,6 +171,17 @@ pub(crate) fn uniform_layers(n: usize, window: Option<i64>, rope: &RopeSpec) -> 
     (0..n).map(|_| LayerSpec { window, rope: rope.clone() }).collect()
 }
 
+/// Whether layer `i` uses sliding-window attention according to `layer_types`, if the config
+/// has that list (newer Hugging Face configs do); `None` when it does not.
+pub(crate) fn layer_type_is_sliding(cfg: &ConfigJson, types: Option<&[&str]>, i: usize) -> Result<Option<bool>> {
+    let Some(types) = types else { return Ok(None) };
+    match types.get(i) {
+        Some(&"sliding_attention") => Ok(Some(true)),
+        Some(&"full_attention") => Ok(Some(false)),
+        other => Err(cfg.err(format!("layer_types[{i}] must be sliding_attention or full_attention, found {other:?}"))),
+    }
+}
+
 /// `sliding_window` as a positive integer, or none.
 pub(crate) fn window(cfg: &ConfigJson) -> Result<Option<i64>> {
     Ok(cfg.opt_usize("sliding_window")?.map(|w| w as i64))

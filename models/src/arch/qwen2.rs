@@ -1,7 +1,7 @@
 //! Qwen2: llama-shaped with biases on the q/k/v projections (never on o_proj) and an optional
 //! sliding window on the layers from `max_window_layers` on. Reference: `modeling_qwen2.py`.
 
-use super::{activation, base_spec, common, rope, window};
+use super::{activation, base_spec, common, layer_type_is_sliding, rope, window};
 use crate::config::ConfigJson;
 use crate::error::Result;
 use crate::spec::{Arch, DecoderSpec, LayerSpec};
@@ -15,17 +15,8 @@ pub fn parse(cfg: &ConfigJson) -> Result<DecoderSpec> {
     let layer_types = cfg.opt_strings("layer_types")?;
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
-        let sliding = match &layer_types {
-            Some(types) => match types.get(i) {
-                Some(&"sliding_attention") => true,
-                Some(&"full_attention") => false,
-                other => {
-                    return Err(cfg
-                        .err(format!("layer_types[{i}] must be sliding_attention or full_attention, found {other:?}")))
-                }
-            },
-            None => use_window && i >= max_window_layers,
-        };
+        let sliding =
+            layer_type_is_sliding(cfg, layer_types.as_deref(), i)?.unwrap_or(use_window && i >= max_window_layers);
         let window =
             if sliding { Some(win.ok_or_else(|| cfg.err("sliding attention needs 'sliding_window'"))?) } else { None };
         layers.push(LayerSpec { window, rope: rope.clone() });

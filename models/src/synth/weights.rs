@@ -77,27 +77,12 @@ impl SynthDtype {
     }
 }
 
-/// splitmix64 (Steele, Lea & Flood): tiny, fast, and good enough for weights.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(u64);
+/// The IR crate's seeded PRNG (splitmix64), so every generator in Kiln draws from one source.
+pub use kiln_ir::interp::testing::SplitMix64;
 
-impl SplitMix64 {
-    pub fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform on [-1, 1), 24 random bits.
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (2.0 / (1u64 << 24) as f32) - 1.0
-    }
+/// Uniform on [-1, 1).
+fn uniform(rng: &mut SplitMix64) -> f32 {
+    rng.uniform(-1.0, 1.0)
 }
 
 /// FNV-1a of the tensor name, mixed with the seed.
@@ -194,7 +179,7 @@ impl SynthTensor {
     /// The values as f32, before rounding to the file's dtype.
     pub fn values(&self) -> Vec<f32> {
         let mut rng = SplitMix64::new(tensor_seed(self.seed, &self.name));
-        (0..self.numel()).map(|_| self.init.offset + self.init.scale * rng.uniform()).collect()
+        (0..self.numel()).map(|_| self.init.offset + self.init.scale * uniform(&mut rng)).collect()
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -242,7 +227,7 @@ mod tests {
     #[test]
     fn uniform_is_in_range_and_centered() {
         let mut r = SplitMix64::new(42);
-        let xs: Vec<f32> = (0..100_000).map(|_| r.uniform()).collect();
+        let xs: Vec<f32> = (0..100_000).map(|_| uniform(&mut r)).collect();
         assert!(xs.iter().all(|x| (-1.0..1.0).contains(x)));
         let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / xs.len() as f64;
