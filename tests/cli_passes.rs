@@ -178,3 +178,16 @@ fn print_ir_dir_and_dump_ir() {
     let err = fails(kiln(&["dump-ir", m.to_str().unwrap(), "--passes", "cse,"]));
     assert!(err.starts_with("error: --passes:1:5: expected a pass name, found end of pipeline"));
 }
+
+/// `kiln opt` takes a model folder as well as an IR file.
+#[test]
+fn opt_runs_passes_on_a_model_folder() {
+    let dir = TempDir::new("opt-model");
+    let m = dir.join("m");
+    ok(kiln(&["gen-model", "--arch", "gemma3", "--seed", "2", "-o", m.to_str().unwrap()]));
+    let (ir, _) = ok(kiln(&["opt", m.to_str().unwrap(), "-O2"]));
+    let g = kiln_ir::parse(&ir).unwrap();
+    let attn: Vec<_> = g.node_ids().filter(|&n| g.op(n) == kiln_ir::OpKind::Attention).collect();
+    assert_eq!(attn.len(), 2);
+    assert!(attn.iter().all(|&n| g.node(n).attrs.tagged("rope").is_some()));
+}

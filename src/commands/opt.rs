@@ -18,7 +18,8 @@ pub enum IrFormat {
 
 #[derive(Args)]
 pub struct OptArgs {
-    /// IR file to read; `-` reads stdin.
+    /// IR file to read (`-` reads stdin), or a model (a Hugging Face folder or a .gguf file),
+    /// whose whole decode-step graph is used.
     pub input: String,
     /// Write the result here instead of stdout.
     #[arg(short, long)]
@@ -122,11 +123,22 @@ impl PassArgs {
     }
 }
 
+fn is_model(input: &str) -> bool {
+    let p = std::path::Path::new(input);
+    input != "-" && (p.is_dir() || crate::model_arg::is_gguf(p))
+}
+
 pub fn run(args: OptArgs) -> Result<()> {
-    let (src, name) = read_text(&args.input)?;
-    let mut graph = kiln_ir::parse(&src).map_err(|e| anyhow!("{name}:{e}"))?;
-    kiln_ir::verify(&graph).map_err(|e| anyhow!("{name}: {e}"))?;
-    tracing::info!(nodes = graph.len(), "parsed and verified {name}");
+    let mut graph = if is_model(&args.input) {
+        let dir = crate::model_arg::resolve(std::path::Path::new(&args.input))?;
+        crate::model_arg::open(&dir)?.graph(&kiln_models::LowerOptions::default())?
+    } else {
+        let (src, name) = read_text(&args.input)?;
+        let g = kiln_ir::parse(&src).map_err(|e| anyhow!("{name}:{e}"))?;
+        tracing::info!(nodes = g.len(), "parsed {name}");
+        g
+    };
+    kiln_ir::verify(&graph).map_err(|e| anyhow!("{}: {e}", args.input))?;
     args.passes.run(&mut graph)?;
     write_output(args.output.as_deref(), &format_graph(&graph, args.format)?)
 }
