@@ -50,17 +50,23 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
     }
 }
 
-/// The SmolLM2 GGUF imported once per test binary into a shared folder.
+/// The SmolLM2 GGUF imported once into a folder under Cargo's target tmpdir, shared by every test
+/// process (nextest runs each test in its own): the first import is written to a private folder and
+/// renamed into place, so concurrent tests never see a half-written model, and nothing is left in
+/// the system temp dir.
 pub fn smollm2_dir() -> Option<PathBuf> {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let gguf = smollm2_gguf()?;
-        let dst = std::env::temp_dir().join(format!("kiln-test-smollm2-{}", std::process::id()));
+    let gguf = smollm2_gguf()?;
+    let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-imported");
+    if !dst.join("config.json").exists() {
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smollm2-import-{}", std::process::id()));
         let opts = kiln_models::gguf::ImportOptions { overwrite: true, ..Default::default() };
-        kiln_models::gguf::import_gguf(&gguf, &dst, &opts).expect("importing SmolLM2");
-        Some(dst)
-    })
-    .clone()
+        kiln_models::gguf::import_gguf(&gguf, &tmp, &opts).expect("importing SmolLM2");
+        // Another test may have won the race; then keep theirs.
+        if std::fs::rename(&tmp, &dst).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    Some(dst)
 }
 
 /// Relative L2 error ‖a − b‖ / ‖b‖.
