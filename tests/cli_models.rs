@@ -67,6 +67,8 @@ fn run_streams_only_the_generated_text_and_is_deterministic() {
     let (_, json) = run(&["--json", "--chat"]);
     let stats: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
     assert!(stats["prompt_tokens"].as_u64().unwrap() > 5, "the chat template wraps the prompt");
+    let (o2, _) = run(&["-O2"]);
+    assert_eq!(o2, a, "-O2 changed the greedy text");
     let bad = kiln(&["run", m.to_str().unwrap(), "--interp", "--prompt", "x", "--temperature=-1"]);
     fails_with(bad, &["--temperature"]);
 }

@@ -64,8 +64,8 @@ pub struct PassArgs {
     /// Report each pass's time, whether it changed the graph, node counts and statistics (stderr).
     #[arg(long)]
     pub pass_timing: bool,
-    /// With --pass-timing: write the report as JSON.
-    #[arg(long, requires = "pass_timing")]
+    /// Write reports as JSON: the --pass-timing report, and `kiln run`'s statistics.
+    #[arg(long)]
     pub json: bool,
 }
 

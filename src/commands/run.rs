@@ -34,9 +34,9 @@ pub struct RunArgs {
     /// A system message for --chat.
     #[arg(long, requires = "chat")]
     pub system: Option<String>,
-    /// Print the statistics as JSON on stderr.
-    #[arg(long)]
-    pub json: bool,
+    /// Optimize the model's graph with a pass pipeline first (the same flags as `kiln opt`).
+    #[command(flatten)]
+    pub passes: crate::commands::opt::PassArgs,
 }
 
 struct Interp(InterpModel);
@@ -76,7 +76,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     tracing::info!(tokens = prompt.len(), "prompt");
     let t0 = std::time::Instant::now();
-    let model = InterpModel::load(&ckpt, &LowerOptions::default()).context("loading the model")?;
+    let mut graph = ckpt.graph(&LowerOptions::default())?;
+    args.passes.run(&mut graph)?;
+    let model = InterpModel::with_graph(&ckpt, &graph).context("loading the model")?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "weights loaded");
     let mut model = Interp(model);
     let mut stream = tok.stream();
@@ -101,7 +103,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (_, stats) = result?;
     write(&stream.finish()?)?;
     write("\n")?;
-    if args.json {
+    if args.passes.json {
         eprintln!("{}", serde_json::to_string(&stats)?);
     } else {
         eprintln!(
