@@ -15,17 +15,22 @@ pub struct RunArgs {
     /// Run through the reference interpreter (plain f32, slow, exact).
     #[arg(long)]
     pub interp: bool,
+    /// The prompt text.
     #[arg(long)]
     pub prompt: String,
+    /// Stop after this many generated tokens (or at an end-of-sequence token).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Sample only among the K most likely tokens.
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Nucleus sampling: only the most likely tokens whose probabilities add up to P.
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Seed of the sampler (runs with the same seed generate the same text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Wrap the prompt in the model's chat template as a user message.
