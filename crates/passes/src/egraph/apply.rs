@@ -50,6 +50,15 @@ pub fn union_checked(egraph: &mut KilnEGraph, eclass: Id, new: Id) -> Vec<Id> {
     }
 }
 
+/// Adds `op(operands){attrs}` when it type-checks and unions it into the matched class: the whole
+/// right-hand side of an applier that builds one node. Empty when nothing changed.
+pub fn add_and_union(egraph: &mut KilnEGraph, eclass: Id, op: OpKind, operands: &[Id], attrs: Attrs) -> Vec<Id> {
+    match add_checked(egraph, op, operands, attrs) {
+        Ok(id) => union_checked(egraph, eclass, id),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// A right-hand side written as a pattern, instantiated only when every node it adds is well-typed
 /// and the result has the matched class's type.
 #[derive(Debug)]

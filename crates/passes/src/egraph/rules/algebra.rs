@@ -10,7 +10,7 @@
 //! multiplication is associative).
 
 use crate::egraph::analysis::{Fact, KilnEGraph, KilnRewrite, TensorAnalysis};
-use crate::egraph::apply::{add_checked, checked, keeps_type, splat_is, union_checked, var};
+use crate::egraph::apply::{add_and_union, checked, keeps_type, splat_is, var};
 use crate::egraph::lang::{AttrSet, KilnNode};
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol, Var};
 use kiln_ir::{Attr, Attrs, DType, OpKind};
@@ -101,10 +101,7 @@ impl Applier<KilnNode, TensorAnalysis> for FoldScalars {
             ty,
         };
         let c = egraph.add(constant);
-        match add_checked(egraph, OpKind::Mul, &[subst[self.x], c], Attrs::new()) {
-            Ok(id) => union_checked(egraph, eclass, id),
-            Err(_) => Vec::new(),
-        }
+        add_and_union(egraph, eclass, OpKind::Mul, &[subst[self.x], c], Attrs::new())
     }
 
     fn vars(&self) -> Vec<Var> {

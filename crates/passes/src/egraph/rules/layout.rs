@@ -6,7 +6,7 @@
 //! - a reshape to its operand's own type is its operand.
 
 use crate::egraph::analysis::{KilnEGraph, KilnRewrite, TensorAnalysis};
-use crate::egraph::apply::{add_checked, attrs_of, checked, identity_perm, keeps_type, union_checked, var};
+use crate::egraph::apply::{add_and_union, attrs_of, checked, identity_perm, keeps_type, var};
 use crate::egraph::lang::KilnNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol, Var};
 use kiln_ir::{Attr, Attrs, OpKind};
@@ -63,10 +63,7 @@ impl Applier<KilnNode, TensorAnalysis> for ComposePermutes {
             return Vec::new();
         };
         let attrs = Attrs::new().with("perm", Attr::Ints(composed));
-        match add_checked(egraph, OpKind::Permute, &[subst[self.x]], attrs) {
-            Ok(id) => union_checked(egraph, eclass, id),
-            Err(_) => Vec::new(),
-        }
+        add_and_union(egraph, eclass, OpKind::Permute, &[subst[self.x]], attrs)
     }
 
     fn vars(&self) -> Vec<Var> {

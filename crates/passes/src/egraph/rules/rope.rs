@@ -9,7 +9,7 @@
 //! (and before k enters the KV cache), which is exactly what the two `rope` ops did.
 
 use crate::egraph::analysis::{KilnEGraph, KilnRewrite, TensorAnalysis};
-use crate::egraph::apply::{add_checked, attrs_of, union_checked, var};
+use crate::egraph::apply::{add_and_union, attrs_of, var};
 use crate::egraph::lang::KilnNode;
 use egg::{rewrite as rw, Applier, Id, PatternAst, Subst, Symbol, Var};
 use kiln_ir::{OpKind, RopeSpec};
@@ -64,10 +64,7 @@ impl Applier<KilnNode, TensorAnalysis> for FuseRope {
         let Ok(spec) = RopeSpec::from_rope_op(rope) else { return Vec::new() };
         let fused = attn.clone().with("rope", spec.to_attention_attr());
         let operands = [subst[self.q], subst[self.k], subst[self.v], subst[self.pos]];
-        match add_checked(egraph, OpKind::Attention, &operands, fused) {
-            Ok(id) => union_checked(egraph, eclass, id),
-            Err(_) => Vec::new(),
-        }
+        add_and_union(egraph, eclass, OpKind::Attention, &operands, fused)
     }
 
     fn vars(&self) -> Vec<Var> {
