@@ -665,20 +665,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sentencepiece_tokenizer_reconstructs_merges() {
-        // Scores: higher merges first. "▁ab" can be made as "▁a"+"b" or "▁"+"ab".
+    /// A small SentencePiece vocabulary whose scores order the merges: "▁ab" can be made as
+    /// "▁a"+"b" or "▁"+"ab".
+    fn sentencepiece_writer() -> GgufWriter {
         let toks = ["<unk>", "<s>", "</s>", "<0x0A>", "▁", "a", "b", "ab", "▁a", "▁ab"];
         let tys = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1];
         let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0];
-        let w = GgufWriter::new()
+        GgufWriter::new()
             .kv_str("tokenizer.ggml.model", "llama")
             .kv("tokenizer.ggml.tokens", str_array(&toks))
             .kv("tokenizer.ggml.token_type", types(&tys))
             .kv("tokenizer.ggml.scores", MetadataValue::Array(MetadataArray::F32(scores.to_vec())))
             .kv_u32("tokenizer.ggml.bos_token_id", 1)
             .kv_u32("tokenizer.ggml.eos_token_id", 2)
-            .kv_u32("tokenizer.ggml.unknown_token_id", 0);
+            .kv_u32("tokenizer.ggml.unknown_token_id", 0)
+    }
+
+    #[test]
+    fn sentencepiece_tokenizer_reconstructs_merges() {
+        // Scores: higher merges first.
+        let w = sentencepiece_writer();
         let (files, kind) = built(&file_with(w), Some(4096));
         assert_eq!(kind, TokenizerKind::SentencePieceBpe);
         let j = parse(&files);
@@ -715,17 +721,7 @@ mod tests {
 
     #[test]
     fn sentencepiece_json_loads_in_hf_tokenizers() {
-        let toks = ["<unk>", "<s>", "</s>", "<0x0A>", "▁", "a", "b", "ab", "▁a", "▁ab"];
-        let tys = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1];
-        let scores = [0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0];
-        let w = GgufWriter::new()
-            .kv_str("tokenizer.ggml.model", "llama")
-            .kv("tokenizer.ggml.tokens", str_array(&toks))
-            .kv("tokenizer.ggml.token_type", types(&tys))
-            .kv("tokenizer.ggml.scores", MetadataValue::Array(MetadataArray::F32(scores.to_vec())))
-            .kv_u32("tokenizer.ggml.bos_token_id", 1)
-            .kv_u32("tokenizer.ggml.eos_token_id", 2)
-            .kv_u32("tokenizer.ggml.unknown_token_id", 0);
+        let w = sentencepiece_writer();
         let (files, _) = built(&file_with(w), None);
         let tk = tokenizers::Tokenizer::from_bytes(&files.tokenizer_json).expect("tokenizers rejects the JSON");
         // "ab" → "▁ab": a+b merges first (higher score), then ▁+ab. BOS is prepended.
