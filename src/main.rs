@@ -34,6 +34,10 @@ enum Command {
     DumpIr(commands::dump_ir::DumpIrArgs),
     /// Generate text with a model.
     Run(commands::run::RunArgs),
+    /// Fit Mixture-of-Depths routers for a model on calibration text (for the `mod` pass).
+    Calibrate(commands::calibrate::CalibrateArgs),
+    /// Perplexity, and agreement and KL divergence against the unmodified model, per pass pipeline.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
         Command::GenModel(args) => commands::gen_model::run(args),
         Command::DumpIr(args) => commands::dump_ir::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Calibrate(args) => commands::calibrate::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

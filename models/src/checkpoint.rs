@@ -97,12 +97,21 @@ impl Checkpoint {
     /// Checks that every param of `graph` exists here with the declared shape and a float dtype, so
     /// problems surface before any compute, naming the tensor.
     pub fn check_graph(&self, graph: &Graph) -> Result<()> {
+        self.check_graph_with(graph, &Default::default())
+    }
+
+    /// [`Checkpoint::check_graph`] where params named in `derived` (tensors passes made) are
+    /// checked by the interpreter instead.
+    pub fn check_graph_with(&self, graph: &Graph, derived: &kiln_ir::interp::DerivedWeights) -> Result<()> {
         for n in graph.node_ids() {
             let node = graph.node(n);
             if node.op != OpKind::Param {
                 continue;
             }
             let name = node.attrs.str("name").unwrap_or_default();
+            if derived.contains_key(name) {
+                continue;
+            }
             let meta =
                 self.tensors.get(name).ok_or_else(|| self.tensor_err(name, "tensor not found in the checkpoint"))?;
             let want = node.ty.shape.eval(&|_| None).map_err(|e| self.tensor_err(name, e))?;

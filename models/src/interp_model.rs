@@ -5,7 +5,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{ModelError, Result};
 use crate::lower::LowerOptions;
-use kiln_ir::interp::{InterpError, Interpreter, KvCache, Tensor, WeightSource};
+use kiln_ir::interp::{DerivedWeights, InterpError, Interpreter, KvCache, Overlay, Tensor, WeightSource, Work};
 use kiln_ir::TensorType;
 use std::sync::Arc;
 
@@ -32,9 +32,34 @@ impl InterpModel {
 
     /// Runs `graph` (the checkpoint's graph after passes, say) with the checkpoint's weights.
     pub fn with_graph(ckpt: &Checkpoint, graph: &kiln_ir::Graph) -> Result<InterpModel> {
-        ckpt.check_graph(graph)?;
-        let interp = Interpreter::new(graph, ckpt).map_err(|e| interp_err(ckpt, e))?;
+        InterpModel::with_derived(ckpt, graph, &DerivedWeights::new())
+    }
+
+    /// Runs `graph` with the checkpoint's weights and the tensors passes derived for it (routers,
+    /// neuron groupings: `RunReport::derived`).
+    pub fn with_derived(ckpt: &Checkpoint, graph: &kiln_ir::Graph, derived: &DerivedWeights) -> Result<InterpModel> {
+        ckpt.check_graph_with(graph, derived)?;
+        let weights = Overlay { derived, base: ckpt };
+        let interp = Interpreter::new(graph, &weights).map_err(|e| interp_err(ckpt, e))?;
         Ok(InterpModel { interp, cache: KvCache::new(), position: 0, vocab_size: ckpt.spec.vocab_size })
+    }
+
+    /// FLOPs and weight bytes of all forward calls so far (see [`Work`]).
+    pub fn work(&self) -> Work {
+        self.interp.work()
+    }
+
+    pub fn reset_work(&mut self) {
+        self.interp.reset_work();
+    }
+
+    /// Runs the graph on raw inputs (tokens and positions as given), for callers that read outputs
+    /// other than logits (calibration adds some). Does not move the position.
+    pub fn run_raw(&mut self, tokens: &[u32], positions: &[usize]) -> Result<std::collections::HashMap<String, Tensor>> {
+        let t = tokens.len();
+        let ids = Tensor::i64(&[t], tokens.iter().map(|&x| x as i64).collect());
+        let pos = Tensor::i64(&[t], positions.iter().map(|&p| p as i64).collect());
+        self.interp.run(&[("tokens", ids), ("positions", pos)], &mut self.cache).map_err(|e| ModelError::Interp(e.to_string()))
     }
 
     /// Tokens processed so far (the next token's position).

@@ -41,6 +41,6 @@ pub fn run(args: DumpIrArgs) -> Result<()> {
     };
     let mut graph = ckpt.graph(&LowerOptions { logits, layers: args.layers })?;
     kiln_ir::verify(&graph)?;
-    args.passes.run(&mut graph)?;
+    args.passes.run(&mut graph, Some(&ckpt))?;
     write_output(args.output.as_deref(), &format_graph(&graph, args.format)?)
 }

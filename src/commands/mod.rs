@@ -1,4 +1,6 @@
+pub mod calibrate;
 pub mod dump_ir;
+pub mod eval;
 pub mod gen_model;
 pub mod import;
 pub mod ops;

@@ -103,11 +103,17 @@ impl PassArgs {
 
     /// Runs the pipeline (if any was asked for) on a verified graph, writing dumps and timing to
     /// stderr. Errors read `--passes:1:COL: ...` for a bad pipeline, and name the failing pass.
-    pub fn run(&self, graph: &mut kiln_ir::Graph) -> Result<()> {
+    /// Runs the pipeline asked for on `graph`; `weights` are the model's when the graph came from
+    /// one. Returns the tensors passes derived (routers, neuron groupings), needed to run the graph.
+    pub fn run(
+        &self,
+        graph: &mut kiln_ir::Graph,
+        weights: Option<&dyn kiln_ir::interp::WeightSource>,
+    ) -> Result<kiln_ir::interp::DerivedWeights> {
         let (text, origin) = match self.pipeline() {
             Some(p) => p,
             None if self.instrumented() => (String::new(), "--passes"),
-            None => return Ok(()),
+            None => return Ok(Default::default()),
         };
         let located = |e: ManagerError| match e {
             ManagerError::Pipeline(p) => anyhow!("{}", p.render(origin)),
@@ -116,10 +122,10 @@ impl PassArgs {
         let pipeline = Pipeline::parse(&text).map_err(|e| anyhow!("{}", e.render(origin)))?;
         let pm = PassManager::from_pipeline(&pipeline, self.instrumentation()).map_err(located)?;
         let mut stderr = std::io::stderr().lock();
-        let report = pm.run(graph, &mut stderr).map_err(located)?;
+        let report = pm.run_with_weights(graph, weights, &mut stderr).map_err(located)?;
         let _ = stderr.flush();
         tracing::info!(pipeline = %pm.pipeline(), changed = report.changed(), nodes = graph.len(), "ran passes");
-        Ok(())
+        Ok(report.derived)
     }
 }
 
@@ -129,17 +135,18 @@ fn is_model(input: &str) -> bool {
 }
 
 pub fn run(args: OptArgs) -> Result<()> {
-    let mut graph = if is_model(&args.input) {
+    let (mut graph, ckpt) = if is_model(&args.input) {
         let dir = crate::model_arg::resolve(std::path::Path::new(&args.input))?;
-        crate::model_arg::open(&dir)?.graph(&kiln_models::LowerOptions::default())?
+        let ckpt = crate::model_arg::open(&dir)?;
+        (ckpt.graph(&kiln_models::LowerOptions::default())?, Some(ckpt))
     } else {
         let (src, name) = read_text(&args.input)?;
         let g = kiln_ir::parse(&src).map_err(|e| anyhow!("{name}:{e}"))?;
         tracing::info!(nodes = g.len(), "parsed {name}");
-        g
+        (g, None)
     };
     kiln_ir::verify(&graph).map_err(|e| anyhow!("{}: {e}", args.input))?;
-    args.passes.run(&mut graph)?;
+    args.passes.run(&mut graph, ckpt.as_ref().map(|c| c as &dyn kiln_ir::interp::WeightSource))?;
     write_output(args.output.as_deref(), &format_graph(&graph, args.format)?)
 }
 

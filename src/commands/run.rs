@@ -82,8 +82,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     tracing::info!(tokens = prompt.len(), "prompt");
     let t0 = std::time::Instant::now();
     let mut graph = ckpt.graph(&LowerOptions::default())?;
-    args.passes.run(&mut graph)?;
-    let model = InterpModel::with_graph(&ckpt, &graph).context("loading the model")?;
+    let derived = args.passes.run(&mut graph, Some(&ckpt))?;
+    let model = InterpModel::with_derived(&ckpt, &graph, &derived).context("loading the model")?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "weights loaded");
     let mut model = Interp(model);
     let mut stream = tok.stream();

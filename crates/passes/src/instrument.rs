@@ -97,6 +97,8 @@ pub struct RunReport {
     pub total: Duration,
     /// Time spent verifying (after each pass with `verify_each`, and at the end).
     pub verify: Duration,
+    /// Tensors the passes derived (see [`PassCx`](crate::PassCx)), needed to run the result.
+    pub derived: kiln_ir::interp::DerivedWeights,
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,5 +1,6 @@
 //! kiln-passes: the pass manager, passes and the egg-based rewriter.
 
+pub mod blocks;
 pub mod pass;
 
 pub use pass::{Changed, Pass, PassCx, PassError, PassOptions};

@@ -16,6 +16,7 @@ use crate::instrument::{dump, Instrumentation, PassRecord, RunReport, TimingForm
 use crate::pass::{Changed, Pass, PassCx, PassError};
 use crate::pipeline::{self, PassSpec, Pipeline, PipelineError};
 use crate::registry;
+use kiln_ir::interp::WeightSource;
 use kiln_ir::{Graph, VerifyError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,17 @@ impl PassManager {
     /// Runs every pass on `graph`, writing dumps and the timing report to `out`. On an error the
     /// graph is left as the failing pass left it.
     pub fn run(&self, graph: &mut Graph, out: &mut dyn Write) -> Result<RunReport, ManagerError> {
+        self.run_with_weights(graph, None, out)
+    }
+
+    /// [`PassManager::run`] for a graph that came from a checkpoint: passes may read `weights`, and
+    /// the tensors they derive come back in [`RunReport::derived`].
+    pub fn run_with_weights(
+        &self,
+        graph: &mut Graph,
+        weights: Option<&dyn WeightSource>,
+        out: &mut dyn Write,
+    ) -> Result<RunReport, ManagerError> {
         let start = Instant::now();
         let mut report = RunReport::default();
         let t = Instant::now();
@@ -134,7 +146,7 @@ impl PassManager {
             }
             let before = self.inst.verify_each.then(|| graph.clone());
             let nodes_before = graph.len();
-            let mut cx = PassCx::new();
+            let mut cx = PassCx { weights, derived: std::mem::take(&mut report.derived), ..PassCx::new() };
             let t = Instant::now();
             let changed = pass.run(graph, &mut cx).map_err(|source| ManagerError::Pass {
                 pass: label.clone(),
@@ -173,6 +185,7 @@ impl PassManager {
                 nodes_after: graph.len(),
                 stats: cx.stats.into_values().flatten().collect(),
             });
+            report.derived = cx.derived;
         }
         let t = Instant::now();
         kiln_ir::verify(graph).map_err(|e| ManagerError::InvalidOutput(Box::new(e)))?;

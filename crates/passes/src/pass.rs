@@ -2,8 +2,10 @@
 //! whole graph, and says whether it changed it. Passes edit graphs through `kiln_ir::Patch` (queued
 //! edits applied once), never while iterating.
 
-use kiln_ir::Graph;
+use kiln_ir::interp::{DerivedWeights, Tensor, WeightSource};
+use kiln_ir::{Graph, TensorType};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Whether a pass changed the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,16 +28,50 @@ impl Changed {
     }
 }
 
-/// What passes report besides the graph: free-form statistics (counts of rewrites, the e-graph's
-/// stop reason, ...) keyed by pass name, shown by `--pass-timing` and `--json`.
-#[derive(Debug, Default)]
-pub struct PassCx {
+/// What a pass sees besides the graph, and reports besides it.
+///
+/// - `stats`: free-form statistics (counts of rewrites, the e-graph's stop reason, ...) keyed by
+///   pass name, shown by `--pass-timing` and `--json`.
+/// - `weights`: the model's weights, when the graph came from a checkpoint. Passes that rewrite the
+///   model (`moefy` clusters neurons by their weights) read them here.
+/// - `derived`: tensors passes create (router weights, neuron groupings); a pass that adds a `param`
+///   with a new name puts its value here. They flow to later passes and to whatever runs the graph.
+#[derive(Default)]
+pub struct PassCx<'w> {
     pub stats: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    pub weights: Option<&'w dyn WeightSource>,
+    pub derived: DerivedWeights,
 }
 
-impl PassCx {
-    pub fn new() -> PassCx {
+impl std::fmt::Debug for PassCx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassCx")
+            .field("stats", &self.stats)
+            .field("weights", &self.weights.is_some())
+            .field("derived", &self.derived.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<'w> PassCx<'w> {
+    pub fn new() -> PassCx<'w> {
         PassCx::default()
+    }
+
+    pub fn with_weights(weights: &'w dyn WeightSource) -> PassCx<'w> {
+        PassCx { weights: Some(weights), ..PassCx::default() }
+    }
+
+    /// A weight by name (a derived one first), for pass `pass`; an error says the pass needs the
+    /// model's weights when the graph came without them.
+    pub fn weight(&self, pass: &str, name: &str, ty: &TensorType) -> Result<Arc<Tensor>, PassError> {
+        if let Some(t) = self.derived.get(name) {
+            return Ok(t.clone());
+        }
+        let w = self.weights.ok_or_else(|| {
+            PassError::new(pass, "needs the model's weights: run it on a model folder or GGUF file, not bare IR")
+        })?;
+        w.get(name, ty).map_err(|e| PassError::new(pass, e.to_string()))
     }
 
     /// Records one statistic for a pass.

@@ -19,6 +19,8 @@ pub struct PassEntry {
     pub description: &'static str,
     /// The option keys the pass accepts.
     pub options: &'static [&'static str],
+    /// The ones it cannot do without (`gqa` needs `groups`); empty for passes that run with defaults.
+    pub required: &'static [&'static str],
     pub create: Constructor,
 }
 
@@ -31,20 +33,30 @@ impl std::fmt::Debug for PassEntry {
 /// Every pass, sorted by name.
 #[rustfmt::skip]
 pub const REGISTRY: &[PassEntry] = &[
-    PassEntry { name: "canonicalize",      options: &[],              create: passes::canonicalize::create,
+    PassEntry { name: "canonicalize",      options: &[], required: &[],              create: passes::canonicalize::create,
                 description: "Normalize attributes to canonical forms and fold trivial identities (x*1, reshape to the same shape, double neg, ...)" },
-    PassEntry { name: "const-fold",        options: &["max-elements"], create: passes::const_fold::create,
+    PassEntry { name: "const-fold",        options: &["max-elements"], required: &[], create: passes::const_fold::create,
                 description: "Evaluate subgraphs of constants with the reference interpreter and replace splat results with a constant" },
-    PassEntry { name: "cse",               options: &[],              create: passes::cse::create,
+    PassEntry { name: "cse",               options: &[], required: &[],              create: passes::cse::create,
                 description: "Merge nodes with the same op, attributes, operands and type (hash-consing)" },
-    PassEntry { name: "dce",               options: &[],              create: passes::dce::create,
+    PassEntry { name: "dce",               options: &[], required: &[],              create: passes::dce::create,
                 description: "Remove nodes no output depends on" },
-    PassEntry { name: "eqsat",             options: &["rules", "node-limit", "iter-limit", "time-limit"], create: passes::eqsat::create,
+    PassEntry { name: "eqsat",             options: &["rules", "node-limit", "iter-limit", "time-limit"], required: &[], create: passes::eqsat::create,
                 description: "Equality saturation with egg over the chosen rule families, extracting the cheapest graph" },
-    PassEntry { name: "fuse-elementwise",  options: &[],              create: passes::fuse_elementwise::create,
+    PassEntry { name: "expand-kv",         options: &[], required: &[],              create: passes::gqa::create_expand_kv,
+                description: "Give every query head its own key/value head by repeating the shared ones (GQA/MQA → MHA; exact)" },
+    PassEntry { name: "fuse-elementwise",  options: &[], required: &[],              create: passes::fuse_elementwise::create,
                 description: "Fuse chains of elementwise ops into one `fused` op" },
-    PassEntry { name: "merge-projections", options: &[],              create: passes::merge_projections::create,
+    PassEntry { name: "gqa",               options: &["groups"], required: &["groups"], create: passes::gqa::create_gqa,
+                description: "Convert attention to N key/value groups by mean-pooling K/V projection heads (GQA, arXiv 2305.13245; N=1 is MQA)" },
+    PassEntry { name: "merge-projections", options: &[], required: &[],              create: passes::merge_projections::create,
                 description: "Merge matmuls that share an input (q/k/v, gate/up) into one wider matmul" },
+    PassEntry { name: "mod",               options: &["capacity", "layers", "routers"], required: &["routers"], create: passes::mixture_of_depths::create,
+                description: "Mixture-of-Depths routing (arXiv 2404.02258) with calibrated routers: only the top capacity fraction of tokens enter the chosen blocks" },
+    PassEntry { name: "moe-dispatch",      options: &[], required: &[],              create: passes::moe_dispatch::create,
+                description: "Lower each moe op into explicit route → dispatch → per-expert FFN → weighted combine ops (arXiv 1701.06538)" },
+    PassEntry { name: "moefy",             options: &["experts", "top-k"], required: &[], create: passes::moefy::create,
+                description: "Split each dense FFN into an MoE by balanced clustering of its neurons, with a router derived from the clusters" },
 ];
 
 /// The entry for a pass name.
@@ -99,6 +111,11 @@ mod tests {
     #[test]
     fn each_entry_builds_with_defaults_and_names_itself() {
         for e in REGISTRY {
+            if !e.required.is_empty() {
+                let err = (e.create)(&PassOptions::default()).err().unwrap_or_else(|| panic!("{} needs options", e.name));
+                assert!(e.required.iter().any(|r| err.contains(r)), "{}: error names no required option: {err}", e.name);
+                continue;
+            }
             let p = (e.create)(&PassOptions::default()).unwrap_or_else(|m| panic!("{}: {m}", e.name));
             assert_eq!(p.name(), e.name);
             assert!(p.options().is_empty(), "{}: default options print as nothing", e.name);

@@ -20,6 +20,17 @@ impl Bindings {
         self.vals.iter().map(|(s, (v, _))| (s.as_str(), *v))
     }
 
+    /// Binds a data-dependent dim (the count a `nonzero` produced) for the rest of the run.
+    pub fn bind_dynamic(&mut self, sym: &str, n: usize, from: &str) -> Result<(), String> {
+        if let Some((_, prev)) = self.vals.get(sym) {
+            return Err(format!(
+                "dim '{sym}' is already bound (from {prev}); a data-dependent dim needs a name of its own"
+            ));
+        }
+        self.vals.insert(sym.to_string(), (n as i64, from.to_string()));
+        Ok(())
+    }
+
     pub fn eval_dim(&self, d: &Dim) -> Result<i64, String> {
         d.eval(&|s| self.get(s)).map_err(|e| format!("{e} (no input's shape mentions it)"))
     }

@@ -33,7 +33,7 @@ pub use bind::Bindings;
 pub use cache::{KvCache, KvSlot};
 pub use error::InterpError;
 pub use tensor::{Tensor, TensorData};
-pub use weights::WeightSource;
+pub use weights::{DerivedWeights, Overlay, WeightSource};
 
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
@@ -58,12 +58,29 @@ struct Step {
     free_after: Vec<usize>,
 }
 
+/// Work done by [`Interpreter::run`] calls, for FLOP and weight-traffic reports: multiply-adds
+/// count 2 FLOPs (matmuls, attention, MoE experts); `weight_bytes` counts, at 4 bytes per value, the
+/// weights (values computed from params alone) that matmuls, embeddings and MoE experts read — a
+/// matmul over zero rows, or an expert no token chose, reads none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    pub flops: u64,
+    pub weight_bytes: u64,
+}
+
 /// A graph prepared for evaluation, with its weights loaded.
 pub struct Interpreter {
     graph: Graph,
     steps: Vec<Step>,
     /// Loaded weights by checkpoint name.
     params: HashMap<String, Arc<Tensor>>,
+    /// Values that depend on weights and constants alone (`concat` of params after
+    /// `merge-projections`, pooled heads after `gqa`, ...), computed once by [`Interpreter::new`];
+    /// kept only where a step that is not itself folded reads them.
+    folded: Vec<Option<Arc<Tensor>>>,
+    /// Whether each step depends on weights and constants alone.
+    is_static: Vec<bool>,
+    work: Work,
 }
 
 impl std::fmt::Debug for Interpreter {
@@ -131,14 +148,32 @@ impl Interpreter {
             }
             params.insert(name.to_string(), t);
         }
-        Ok(Interpreter { graph: graph.clone(), steps, params })
+        let (is_static, folded) = fold_static(graph, &steps, &params)?;
+        let needed: std::collections::HashSet<&str> = steps
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| is_static[i] && graph.node(s.node).op == OpKind::Param && folded[i].is_some())
+            .map(|(_, s)| graph.node(s.node).attrs.str("name").unwrap_or_default())
+            .collect();
+        params.retain(|name, _| needed.contains(name.as_str()));
+        Ok(Interpreter { graph: graph.clone(), steps, params, folded, is_static, work: Work::default() })
+    }
+
+    /// Work done by all runs so far.
+    pub fn work(&self) -> Work {
+        self.work
+    }
+
+    pub fn reset_work(&mut self) {
+        self.work = Work::default();
     }
 
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
 
-    /// A loaded weight, by checkpoint name.
+    /// A loaded weight, by checkpoint name (weights read only to compute folded values are dropped
+    /// once those are computed).
     pub fn param(&self, name: &str) -> Option<&Arc<Tensor>> {
         self.params.get(name)
     }
@@ -183,13 +218,19 @@ impl Interpreter {
             }
             decls.push((name, &node.ty.shape, &t.shape[..]));
         }
-        let env = bind::bind(&decls)?;
+        let mut env = bind::bind(&decls)?;
 
         let mut values: Vec<Option<Arc<Tensor>>> = vec![None; self.steps.len()];
         let mut outputs: Vec<(String, Arc<Tensor>)> = Vec::new();
         for (i, step) in self.steps.iter().enumerate() {
             let node = g.node(step.node);
             let fail = |msg: String| InterpError::Node { node: step.label.clone(), msg };
+            if self.is_static[i] {
+                if let Some(v) = &self.folded[i] {
+                    values[i] = Some(v.clone());
+                }
+                continue;
+            }
             match node.op {
                 OpKind::Input => {
                     let name = node.attrs.str("name").unwrap_or_default();
@@ -214,7 +255,13 @@ impl Interpreter {
                         .iter()
                         .map(|&o| values[o].as_deref().ok_or_else(|| fail("operand was not computed".into())))
                         .collect::<Result<_, _>>()?;
-                    let t = eval(node.op, &node.attrs, &node.ty, &args, &env, cache).map_err(fail)?;
+                    let statics: Vec<bool> = step.operands.iter().map(|&o| self.is_static[o]).collect();
+                    let cx = EvalCx { env: &env, statics: &statics, work: &mut self.work };
+                    let t = eval(node.op, &node.attrs, &node.ty, &args, cx, cache).map_err(fail)?;
+                    if node.op == OpKind::Nonzero {
+                        let dim = node.attrs.str("dim").unwrap_or_default();
+                        env.bind_dynamic(dim, t.numel(), &step.label).map_err(fail)?;
+                    }
                     let want = env.eval_shape(&node.ty.shape).map_err(fail)?;
                     if t.shape != want || !t.fits_dtype(node.ty.dtype) {
                         return Err(fail(format!(
@@ -267,15 +314,77 @@ fn input_value(t: &Tensor, dtype: DType) -> R<Tensor> {
     }
 }
 
+/// Which steps depend on weights and constants alone, and their values, computed once. A folded
+/// value is kept only when a step that is not folded reads it.
+#[allow(clippy::type_complexity)]
+fn fold_static(
+    graph: &Graph,
+    steps: &[Step],
+    params: &HashMap<String, Arc<Tensor>>,
+) -> Result<(Vec<bool>, Vec<Option<Arc<Tensor>>>), InterpError> {
+    let n = steps.len();
+    let mut is_static = vec![false; n];
+    let mut values: Vec<Option<Arc<Tensor>>> = vec![None; n];
+    let env = Bindings::default();
+    let mut work = Work::default();
+    let mut cache = KvCache::new();
+    for (i, s) in steps.iter().enumerate() {
+        let node = graph.node(s.node);
+        let fixed = node.ty.shape.numel().is_some();
+        is_static[i] = match node.op {
+            OpKind::Param => true,
+            OpKind::Input | OpKind::Output | OpKind::Attention | OpKind::Nonzero => false,
+            _ => fixed && s.operands.iter().all(|&o| is_static[o]),
+        };
+        if !is_static[i] {
+            continue;
+        }
+        values[i] = Some(match node.op {
+            OpKind::Param => params[node.attrs.str("name").unwrap_or_default()].clone(),
+            _ => {
+                let args: Vec<&Tensor> = s.operands.iter().map(|&o| values[o].as_deref().unwrap()).collect();
+                let statics = vec![true; args.len()];
+                let cx = EvalCx { env: &env, statics: &statics, work: &mut work };
+                let fail = |msg: String| InterpError::Node { node: s.label.clone(), msg };
+                Arc::new(eval(node.op, &node.attrs, &node.ty, &args, cx, &mut cache).map_err(fail)?)
+            }
+        });
+    }
+    let mut needed = vec![false; n];
+    for (i, s) in steps.iter().enumerate() {
+        if !is_static[i] {
+            for &o in &s.operands {
+                needed[o] = true;
+            }
+        }
+    }
+    for (v, keep) in values.iter_mut().zip(needed) {
+        if !keep {
+            *v = None;
+        }
+    }
+    Ok((is_static, values))
+}
+
+/// What [`eval`] needs besides the node: symbol values, which operands are weights (for
+/// [`Work::weight_bytes`]) and the counters.
+struct EvalCx<'a> {
+    env: &'a Bindings,
+    statics: &'a [bool],
+    work: &'a mut Work,
+}
+
 /// Evaluates one compute node.
 fn eval(
     op: OpKind,
     attrs: &crate::attr::Attrs,
     ty: &TensorType,
     x: &[&Tensor],
-    env: &Bindings,
+    cx: EvalCx,
     cache: &mut KvCache,
 ) -> R<Tensor> {
+    let EvalCx { env, statics, work } = cx;
+    let weight = |i: usize, t: &Tensor| if statics.get(i) == Some(&true) { 4 * t.numel() as u64 } else { 0 };
     let need = |k: &str| format!("missing attribute '{k}'");
     let int = |k: &str| attrs.int(k).ok_or_else(|| need(k));
     let axis = |k: &str, t: &Tensor, default: i64| resolve_axis(t.rank(), attrs.int(k).unwrap_or(default));
@@ -313,8 +422,22 @@ fn eval(
             x.get(2).copied(),
             attrs.float("eps").ok_or_else(|| need("eps"))?,
         ),
-        MatMul => ops::matmul::matmul(x[0], x[1], x.get(2).copied(), attrs.flag("transpose_b")),
-        Embedding => ops::index::embedding(x[0], x[1]),
+        MatMul => {
+            let y = ops::matmul::matmul(x[0], x[1], x.get(2).copied(), attrs.flag("transpose_b"))?;
+            let k = x[0].shape.last().copied().unwrap_or(0) as u64;
+            work.flops += 2 * k * y.numel() as u64;
+            if y.numel() > 0 {
+                work.weight_bytes += weight(1, x[1]) + x.get(2).map_or(0, |b| weight(2, b));
+            }
+            Ok(y)
+        }
+        Embedding => {
+            let y = ops::index::embedding(x[0], x[1])?;
+            if statics[0] {
+                work.weight_bytes += 4 * y.numel() as u64;
+            }
+            Ok(y)
+        }
         Reshape => {
             let shape = env.eval_shape(attrs.shape("shape").ok_or_else(|| need("shape"))?)?;
             ops::layout::reshape(x[0], shape)
@@ -359,7 +482,10 @@ fn eval(
                 cache: cache_slot,
                 rope: RopeSpec::from_attention(attrs)?,
             };
-            ops::attention::attention(x[0], x[1], x[2], x[3], &a, cache)
+            let y = ops::attention::attention(x[0], x[1], x[2], x[3], &a, cache)?;
+            let keys = a.cache.map_or(x[1].shape[0], |c| cache.len(c)) as u64;
+            work.flops += 4 * keys * x[0].numel() as u64;
+            Ok(y)
         }
         TopK => ops::index::top_k(x[0], int("k")?),
         Gather => ops::index::gather(x[0], x[1], axis("axis", x[0], 0)?),
@@ -370,8 +496,29 @@ fn eval(
             if x.len() as i64 != 2 + 3 * experts {
                 return Err(format!("{experts} experts need {} expert weights, found {}", 3 * experts, x.len() - 2));
             }
-            ops::moe::moe(x[0], x[1], &x[2..], top_k, attrs.flag("norm_topk"), act)
+            let (y, counts) =
+                ops::moe::moe(x[0], x[1], &x[2..], top_k, attrs.flag("norm_topk"), attrs.flag("unweighted"), act)?;
+            let (t, d) = (x[0].shape[0] as u64, x[0].shape[1] as u64);
+            work.flops += 2 * t * d * x[1].shape[0] as u64;
+            work.weight_bytes += if t > 0 { weight(1, x[1]) } else { 0 };
+            for (e, &n) in counts.iter().enumerate() {
+                let ws = &x[2 + 3 * e..5 + 3 * e];
+                work.flops += 2 * n as u64 * ws.iter().map(|w| w.numel() as u64).sum::<u64>();
+                if n > 0 {
+                    work.weight_bytes += (0..3).map(|j| weight(2 + 3 * e + j, ws[j])).sum::<u64>();
+                }
+            }
+            Ok(y)
         }
+        Take => ops::rows::take(x[0], x[1]),
+        ScatterRows => ops::rows::scatter_rows(x[0], x[1], x[2], attrs.ident("mode") == Some("add")),
+        Nonzero => ops::rows::nonzero(x[0]),
+        ExpertGate => ops::rows::expert_gate(x[0], x[1], int("expert")?),
+        ModSelect => ops::rows::mod_select(
+            x[0],
+            attrs.float("capacity").ok_or_else(|| need("capacity"))?,
+            attrs.float("threshold"),
+        ),
         Fused => ops::fused::fused(attrs.str("expr").ok_or_else(|| need("expr"))?, x),
     }
 }

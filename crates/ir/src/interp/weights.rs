@@ -38,3 +38,21 @@ impl<W: WeightSource + ?Sized> WeightSource for &W {
         (**self).get(name, ty)
     }
 }
+
+/// Weights derived by passes (routers, neuron groupings, ...) by name, shared cheaply.
+pub type DerivedWeights = std::collections::BTreeMap<String, Arc<Tensor>>;
+
+/// `derived` first, then `base`: a checkpoint together with the tensors passes derived from it.
+pub struct Overlay<'a> {
+    pub derived: &'a DerivedWeights,
+    pub base: &'a dyn WeightSource,
+}
+
+impl WeightSource for Overlay<'_> {
+    fn get(&self, name: &str, ty: &TensorType) -> Result<Arc<Tensor>, InterpError> {
+        match self.derived.get(name) {
+            Some(t) => Ok(t.clone()),
+            None => self.base.get(name, ty),
+        }
+    }
+}

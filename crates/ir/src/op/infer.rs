@@ -514,3 +514,84 @@ pub fn fused(cx: &InferCx) -> R {
     }
     Ok(TensorType { dtype: first.dtype, shape })
 }
+
+fn rows_operand(rows: &TensorType) -> Result<(), String> {
+    if rows.rank() != 1 || !rows.dtype.is_int() {
+        return Err(format!("rows must be a 1-D integer tensor, found {rows}"));
+    }
+    Ok(())
+}
+
+pub fn take(cx: &InferCx) -> R {
+    let (x, rows) = (cx.x(0), cx.x(1));
+    unquantized(x, "x")?;
+    rows_operand(rows)?;
+    if x.rank() == 0 {
+        return Err(format!("x must have at least one dim, found {x}"));
+    }
+    let mut dims = x.shape.0.clone();
+    dims[0] = rows.shape.dim(0).clone();
+    Ok(x.with_shape(Shape(dims)))
+}
+
+pub fn scatter_rows(cx: &InferCx) -> R {
+    let (x, rows, y) = (cx.x(0), cx.x(1), cx.x(2));
+    unquantized(x, "x")?;
+    rows_operand(rows)?;
+    if x.rank() == 0 || y.dtype != x.dtype || y.rank() != x.rank() {
+        return Err(format!("y must be x's rows: x {x}, y {y}"));
+    }
+    if y.shape.dim(0) != rows.shape.dim(0) || y.shape.0[1..] != x.shape.0[1..] {
+        return Err(format!("y {y} must be [{}, ...] with the row shape of x {x}", rows.shape.dim(0)));
+    }
+    Ok(x.clone())
+}
+
+/// Symbolic dim names: an identifier, so the text form parses back.
+fn check_dim_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("dim name \"{name}\" must be an identifier"))
+    }
+}
+
+pub fn nonzero(cx: &InferCx) -> R {
+    let m = cx.x(0);
+    unquantized(m, "mask")?;
+    if m.rank() != 1 {
+        return Err(format!("mask must be 1-D, found {m}"));
+    }
+    let dim = cx.attrs.str("dim").ok_or("missing attribute 'dim'")?;
+    check_dim_name(dim)?;
+    Ok(TensorType { dtype: DType::I32, shape: Shape(vec![Dim::sym(dim)]) })
+}
+
+pub fn expert_gate(cx: &InferCx) -> R {
+    let (idx, gates) = (cx.x(0), cx.x(1));
+    float_operand(gates, "gates")?;
+    if !idx.dtype.is_int() || idx.rank() != 2 || gates.shape != idx.shape {
+        return Err(format!("indices must be an integer [T, K] and gates a float of the same shape: {idx}, {gates}"));
+    }
+    let e = cx.attrs.int("expert").ok_or("missing attribute 'expert'")?;
+    if e < 0 {
+        return Err(format!("expert {e} is negative"));
+    }
+    Ok(TensorType { dtype: gates.dtype, shape: Shape(vec![idx.shape.dim(0).clone()]) })
+}
+
+pub fn mod_select(cx: &InferCx) -> R {
+    let s = cx.x(0);
+    float_operand(s, "scores")?;
+    if s.rank() != 1 {
+        return Err(format!("scores must be 1-D [T], found {s}"));
+    }
+    let c = cx.attrs.float("capacity").ok_or("missing attribute 'capacity'")?;
+    if !(c > 0.0 && c <= 1.0) {
+        return Err(format!("capacity {c} must be in (0, 1]"));
+    }
+    Ok(TensorType { dtype: DType::F32, shape: s.shape.clone() })
+}

@@ -57,6 +57,11 @@ pub enum OpKind {
     TopK,
     Gather,
     Moe,
+    Take,
+    ScatterRows,
+    Nonzero,
+    ExpertGate,
+    ModSelect,
     Fused,
 }
 
@@ -243,6 +248,7 @@ const MOE_ATTRS: &[AttrSpec] = &[
     attr("experts", AttrKind::Int),
     attr("top_k", AttrKind::Int),
     opt("norm_topk", AttrKind::Flag),
+    opt("unweighted", AttrKind::Flag),
     attr("activation", AttrKind::Ident(ACTIVATIONS)),
 ];
 
@@ -264,7 +270,7 @@ macro_rules! row {
 use Operands::{Fixed, FixedThenVariadic, Variadic};
 
 /// Indexed by `OpKind as usize`; a unit test checks the order.
-pub static TABLE: [OpInfo; 43] = [
+pub static TABLE: [OpInfo; 48] = [
     OpInfo {
         declares_type: true,
         ..row!(Input, "input", Fixed(&[]), NAME, infer::declared, "A graph input, by name.")
@@ -411,7 +417,52 @@ pub static TABLE: [OpInfo; 43] = [
         MOE_ATTRS,
         infer::moe,
         "Sparsely-gated mixture of experts (arXiv 1701.06538): router logits → softmax → top_k \
-         (renormalized with norm_topk) → gated FFN experts; expert_weights are gate, up, down per expert."
+         (renormalized with norm_topk; all 1 with unweighted) → gated FFN experts, summed in expert \
+         order; expert_weights are gate, up, down per expert. `moe-dispatch` spells it out in ops."
+    ),
+    row!(
+        Take,
+        "take",
+        Fixed(&["x", "rows"]),
+        NONE,
+        infer::take,
+        "Rows of x (along axis 0) picked by the 1-D integer `rows`: result [N, x.shape[1..]]."
+    ),
+    row!(
+        ScatterRows,
+        "scatter_rows",
+        Fixed(&["x", "rows", "y"]),
+        &[attr("mode", AttrKind::Ident(&["set", "add"]))],
+        infer::scatter_rows,
+        "x with row rows[i] replaced by (mode = set) or incremented by (mode = add) y[i], in order of i."
+    ),
+    row!(
+        Nonzero,
+        "nonzero",
+        Fixed(&["mask"]),
+        &[attr("dim", AttrKind::Str)],
+        infer::nonzero,
+        "Ascending indices (i32) of the nonzero entries of a 1-D mask. Their count is data-dependent: \
+         it is the new symbolic dim named by `dim`, bound when the op runs."
+    ),
+    row!(
+        ExpertGate,
+        "expert_gate",
+        Fixed(&["indices", "gates"]),
+        &[attr("expert", AttrKind::Int)],
+        infer::expert_gate,
+        "For top-k routing indices[T,K] and their gates[T,K]: each token's gate for `expert` (0 where \
+         the token did not pick it), as [T]."
+    ),
+    row!(
+        ModSelect,
+        "mod_select",
+        Fixed(&["scores"]),
+        &[attr("capacity", AttrKind::Float), opt("threshold", AttrKind::Float)],
+        infer::mod_select,
+        "Mixture-of-Depths token choice (arXiv 2404.02258) over router scores[T], as a 0/1 mask: for \
+         T > 1 the top ⌈capacity·T⌉ scores (ties → earlier token); for one token (decoding) the causal \
+         rule score > threshold (every token when there is no threshold)."
     ),
     row!(
         Fused,

@@ -8,7 +8,11 @@ pub mod dce;
 // Written alongside the pass manager by the e-graph and fusion work; registered in registry.rs.
 pub mod eqsat;
 pub mod fuse_elementwise;
+pub mod gqa;
 pub mod merge_projections;
+pub mod mixture_of_depths;
+pub mod moe_dispatch;
+pub mod moefy;
 
 #[cfg(test)]
 pub(crate) mod test_util {

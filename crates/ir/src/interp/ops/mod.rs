@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod moe;
 pub mod norm;
 pub mod reduce;
+pub mod rows;
 
 use std::sync::OnceLock;
 
