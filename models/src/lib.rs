@@ -5,6 +5,7 @@ pub mod arch;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod gguf;
 pub mod interp_model;
 pub mod lower;

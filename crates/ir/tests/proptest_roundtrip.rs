@@ -58,6 +58,7 @@ enum Family {
     TopK,
     Gather,
     Moe,
+    Rows,
     /// `fused {expr = "..."}`, if the op table has it.
     Fused,
     Output,
@@ -99,6 +100,9 @@ const FAMILIES: &[Family] = {
         TopK,
         Gather,
         Moe,
+        Rows,
+        Rows,
+        Rows,
         Fused,
         Output,
         Output,
@@ -734,6 +738,7 @@ impl Gen<'_> {
                 self.b.op(OpKind::Gather, &[x, idx], a)
             }
             Family::Moe => self.moe(),
+            Family::Rows => self.rows(),
             Family::Fused => match OpKind::from_name("fused") {
                 Some(op) => self.fused(op),
                 None => return,
@@ -941,6 +946,52 @@ impl Gen<'_> {
         self.b.op(OpKind::Attention, &[q, k, v, pos], a)
     }
 
+    /// The row-selection ops of conditional computation: take, scatter_rows, nonzero, expert_gate,
+    /// mod_select.
+    fn rows(&mut self) -> Result<NodeId, kiln_ir::BuildError> {
+        let ints = *self.rng.pick(&INTS);
+        match self.rng.below(5) {
+            0 | 1 => {
+                let x = self.unquantized_value(1);
+                let xt = self.ty(x);
+                let n = self.dim();
+                let rows = self.value_of(tt(ints, vec![n.clone()]));
+                if self.rng.coin() {
+                    return self.b.op(OpKind::Take, &[x, rows], Attrs::new());
+                }
+                let mut dims = xt.shape.0.clone();
+                dims[0] = n;
+                let y = self.value_of(tt(xt.dtype, dims));
+                let mode = if self.rng.coin() { "set" } else { "add" };
+                self.b.op(OpKind::ScatterRows, &[x, rows, y], Attrs::new().with("mode", Attr::Ident(mode.into())))
+            }
+            2 => {
+                let dt = *self.rng.pick(&FLOATS);
+                let d = self.dim();
+                let m = self.value_of(tt(dt, vec![d]));
+                let name = format!("n{}", self.rng.below(1 << 20));
+                self.b.op(OpKind::Nonzero, &[m], Attrs::new().with("dim", Attr::Str(name)))
+            }
+            3 => {
+                let dt = *self.rng.pick(&FLOATS);
+                let (tdim, k) = (t(), Dim::c(self.rng.range(1, 4)));
+                let idx = self.value_of(tt(ints, vec![tdim.clone(), k.clone()]));
+                let gates = self.value_of(tt(dt, vec![tdim, k]));
+                let a = Attrs::new().with("expert", Attr::Int(self.rng.range(0, 7)));
+                self.b.op(OpKind::ExpertGate, &[idx, gates], a)
+            }
+            _ => {
+                let dt = *self.rng.pick(&FLOATS);
+                let scores = self.value_of(tt(dt, vec![t()]));
+                let mut a = Attrs::new().with("capacity", Attr::Float(self.rng.range(1, 8) as f64 / 8.0));
+                if self.rng.coin() {
+                    a.set("threshold", Attr::Float(self.rng.range(-4, 4) as f64 / 3.0));
+                }
+                self.b.op(OpKind::ModSelect, &[scores], a)
+            }
+        }
+    }
+
     fn moe(&mut self) -> Result<NodeId, kiln_ir::BuildError> {
         let x = self.pick_or(
             |t| t.dtype.is_float() && t.rank() == 2,
@@ -976,6 +1027,9 @@ impl Gen<'_> {
             .with("activation", Attr::Ident(self.rng.pick(ACTIVATIONS).to_string()));
         if self.rng.coin() {
             a.set("norm_topk", Attr::Bool(self.rng.one_in(4) ^ true));
+        }
+        if self.rng.one_in(3) {
+            a.set("unweighted", Attr::Bool(true));
         }
         self.b.op(OpKind::Moe, &ops, a)
     }
