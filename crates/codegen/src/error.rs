@@ -6,6 +6,31 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CodegenError {
+    /// A kernel emitter misused LLVM's builder (a bug in Kiln), or a spec it cannot generate.
+    #[error("kernel generation failed: {message}")]
+    Kernel {
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A graph the planner cannot turn into kernels.
+    #[error("{node}: {message}")]
+    Plan {
+        /// The IR node (`%12 = matmul ...`).
+        node: String,
+        /// Why.
+        message: String,
+    },
+
+    /// Writing or linking the artifact failed.
+    #[error("{path}: {message}")]
+    Artifact {
+        /// The file involved.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+
     /// LLVM could not register one of its targets (it was not built in).
     #[error("failed to initialize the LLVM {target} target: {message}")]
     TargetInit {

@@ -13,6 +13,8 @@
 
 pub mod emit;
 pub mod error;
+pub mod kernels;
+pub mod link;
 pub mod target;
 
 pub use emit::{emit_assembly, emit_object, optimize, DEFAULT_PIPELINE};

@@ -10,6 +10,7 @@
 //! }
 //! ```
 
+pub mod artifact;
 pub mod device;
 pub mod error;
 pub mod generate;

@@ -1,0 +1,206 @@
+//! `manifest.json`: everything the runtime needs to run a compiled artifact, and nothing that needs
+//! LLVM. The compiler (`kiln-codegen`) writes it; [`super::load`] reads and checks it.
+//!
+//! The program is a straight list of kernel calls ([`Step`]) over numbered buffers. Sizes that are
+//! only known at run time — the tokens of this call `T`, data-dependent row counts (`n0e3`, made by
+//! `nonzero`), the length of each KV-cache slot — are [`Symbol`]s, and every size in the manifest is a
+//! [`DimExpr`] over them.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the manifest or the kernel ABI changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// The `kiln` version that compiled it.
+    pub compiler: String,
+    pub target: TargetDesc,
+    pub model: ModelDesc,
+    /// The pass pipeline the graph went through.
+    pub pipeline: String,
+    /// Storage of matmul/embedding weights: f32, bf16, f16, q8_0 or q4_0.
+    pub weights_dtype: String,
+    /// The tokens one call may feed at most (prefill chunk); buffers are sized for it.
+    pub max_tokens: usize,
+    /// KV-cache capacity per slot, in tokens.
+    pub max_context: usize,
+    pub symbols: Vec<Symbol>,
+    pub kernels: Vec<KernelEntry>,
+    pub buffers: Vec<BufferSpec>,
+    pub kv_slots: Vec<KvSlotSpec>,
+    pub steps: Vec<Step>,
+    /// Graph inputs (`tokens`, `positions`) and outputs (`logits`) by name → buffer.
+    pub inputs: Vec<NamedBuffer>,
+    pub outputs: Vec<NamedBuffer>,
+    /// The other files of the artifact, with sizes and checksums.
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TargetDesc {
+    pub triple: String,
+    /// LLVM's CPU name the kernels were tuned for (`sapphirerapids`, `znver4`).
+    pub cpu: String,
+    /// CPU features the kernels use (`avx2`, `fma`, `f16c`, `avx512f`, ...): the runtime refuses to
+    /// run on a CPU that lacks one.
+    pub required_features: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelDesc {
+    pub name: String,
+    pub arch: String,
+    pub vocab_size: usize,
+    pub eos_token_ids: Vec<u32>,
+    /// The checkpoint's config.json, for reference.
+    pub config: serde_json::Value,
+}
+
+/// A size known at run time.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Symbol {
+    /// Tokens in this call (bound from the `tokens` input).
+    Tokens { name: String },
+    /// A data-dependent count, bound by the step that computes it (`nonzero`).
+    Dynamic { name: String },
+    /// The number of entries in a KV-cache slot, kept by the runtime.
+    CacheLen { slot: usize },
+}
+
+/// `constant + Σ coeff · symbols[index]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DimExpr {
+    #[serde(default)]
+    pub constant: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<(usize, i64)>,
+}
+
+impl DimExpr {
+    pub fn c(n: i64) -> DimExpr {
+        DimExpr { constant: n, terms: Vec::new() }
+    }
+
+    pub fn sym(index: usize) -> DimExpr {
+        DimExpr { constant: 0, terms: vec![(index, 1)] }
+    }
+
+    pub fn eval(&self, symbols: &[i64]) -> i64 {
+        self.terms.iter().fold(self.constant, |acc, &(s, c)| acc + c * symbols[s])
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KernelEntry {
+    /// The exported symbol in `kernels.so`.
+    pub symbol: String,
+    /// The kernel family (`matmul`, `attention`, `fused`, ...).
+    pub kind: String,
+    /// What the kernel was specialized for (shapes, attributes, weight format), for inspection.
+    pub params: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ElemType {
+    F32,
+    I32,
+    I64,
+    /// Packed weight bytes (any format).
+    U8,
+}
+
+impl ElemType {
+    pub fn size(self) -> usize {
+        match self {
+            ElemType::F32 | ElemType::I32 => 4,
+            ElemType::I64 => 8,
+            ElemType::U8 => 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BufferSpec {
+    pub name: String,
+    pub elem: ElemType,
+    /// Elements, as a function of the symbols (weights: a constant).
+    pub elems: DimExpr,
+    pub storage: Storage,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Storage {
+    /// Scratch memory for one call, sized for `max_tokens`.
+    Activation,
+    /// Another buffer's memory from `offset_elems` on (reshape, and slices that need no copy).
+    Alias { of: usize, offset_elems: DimExpr },
+    /// A tensor of `weights.safetensors`, memory-mapped.
+    Weight { tensor: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KvSlotSpec {
+    pub slot: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// A kernel argument pointer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BufArg {
+    Buffer { id: usize },
+    /// A KV-cache slot's keys `[capacity, kv_heads, head_dim]` f32, values (same), or positions
+    /// `[capacity]` i32.
+    CacheKeys { slot: usize },
+    CacheValues { slot: usize },
+    CachePositions { slot: usize },
+    /// An absent optional operand (no bias).
+    Null,
+}
+
+/// One kernel call: `kernel(dims, bufs, begin, end)` for task ranges covering `0..tasks`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    pub kernel: usize,
+    /// The IR node this step computes (`%12 = matmul ...`), for errors and profiles.
+    pub label: String,
+    pub dims: Vec<DimExpr>,
+    pub bufs: Vec<BufArg>,
+    pub tasks: DimExpr,
+    /// After the call, the i64 the kernel wrote to its last buffer binds this symbol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binds: Option<usize>,
+    /// After the call, this KV-cache slot grows by `dims[0]` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appends_to: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NamedBuffer {
+    pub name: String,
+    pub buffer: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: u64,
+    /// Hex FNV-1a 64 of the contents (corruption check, not a signature).
+    pub fnv1a64: String,
+}
+
+/// FNV-1a 64 over bytes, as hex.
+pub fn fnv1a64(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
