@@ -1,3 +1,0 @@
-//! PLACEHOLDER — being written.
-use crate::pass::{Pass, PassOptions};
-pub fn create(_o: &PassOptions) -> Result<Box<dyn Pass>, String> { Err("moefy: in progress".into()) }

@@ -1,0 +1,133 @@
+//! `moe-dispatch` on a synthetic Mixtral checkpoint: the lowered graph gives bit-identical logits to
+//! the dense `moe` op through a prefill and decode steps, no `moe` op is left, `-O2` still applies
+//! afterwards, and a snapshot of the one-layer IR.
+
+use kiln_ir::{print, verify, Graph, OpKind};
+use kiln_models::{write_synthetic_model, Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
+use kiln_passes::manager::run_pipeline;
+use std::path::PathBuf;
+
+/// A folder under the temp dir, removed on drop. The checkpoint goes into its `model` subfolder so
+/// that the graph's name (the folder's name) is the same on every run.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("kiln-moe-dispatch-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn model(&self) -> PathBuf {
+        self.0.join("model")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mixtral(tag: &str) -> (TempDir, Checkpoint) {
+    let dir = TempDir::new(tag);
+    write_synthetic_model(&SynthOptions::defaults(Arch::Mixtral), &dir.model()).unwrap();
+    let ckpt = Checkpoint::open(&dir.model()).unwrap();
+    (dir, ckpt)
+}
+
+fn count(g: &Graph, op: OpKind) -> usize {
+    g.node_ids().filter(|&n| g.op(n) == op).count()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0) as u32
+}
+
+/// Logits of a prefill of 8 tokens and then 3 greedy decode steps; the decoded tokens come from
+/// `tokens` when given (so two graphs are fed the same sequence), else from the logits.
+fn generate(ckpt: &Checkpoint, g: &Graph, tokens: Option<&[u32]>) -> (Vec<Vec<f32>>, Vec<u32>) {
+    let mut m = InterpModel::with_graph(ckpt, g).unwrap_or_else(|e| panic!("{e}\n{}", print(g)));
+    let prompt = [1u32, 17, 42, 99, 5, 260, 73, 8];
+    let mut logits = vec![m.forward(&prompt).unwrap()];
+    let mut fed = Vec::new();
+    for step in 0..3 {
+        let next = tokens.map_or_else(|| argmax(logits.last().unwrap()), |t| t[step]);
+        fed.push(next);
+        logits.push(m.forward(&[next]).unwrap());
+    }
+    (logits, fed)
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let norm: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+fn dispatched(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    let report = run_pipeline(&mut g, "moe-dispatch").unwrap();
+    assert!(report.passes[0].changed);
+    verify(&g).unwrap();
+    g
+}
+
+#[test]
+fn bit_identical_to_the_moe_op_through_prefill_and_decode() {
+    let (_dir, ckpt) = mixtral("bits");
+    let g0 = ckpt.graph(&LowerOptions::default()).unwrap();
+    assert_eq!(count(&g0, OpKind::Moe), 2);
+    let g = dispatched(&g0);
+    assert_eq!(count(&g, OpKind::Moe), 0);
+    // 8 experts in each of 2 layers, each dispatched on its own.
+    assert_eq!(count(&g, OpKind::Nonzero), 16);
+    assert_eq!(count(&g, OpKind::ScatterRows), 16);
+    let (want, tokens) = generate(&ckpt, &g0, None);
+    let (got, _) = generate(&ckpt, &g, Some(&tokens));
+    for (step, (a, b)) in want.iter().zip(&got).enumerate() {
+        let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "step {step}: logits differ (relative L2 {:e})", rel_l2(a, b));
+    }
+}
+
+#[test]
+fn o2_after_dispatch_verifies_and_matches() {
+    let (_dir, ckpt) = mixtral("o2");
+    let g0 = ckpt.graph(&LowerOptions::default()).unwrap();
+    let mut g = dispatched(&g0);
+    run_pipeline(&mut g, "-O2").unwrap();
+    verify(&g).unwrap();
+    assert_eq!(count(&g, OpKind::Moe), 0);
+    let (want, tokens) = generate(&ckpt, &g0, None);
+    let (got, _) = generate(&ckpt, &g, Some(&tokens));
+    for (step, (a, b)) in want.iter().zip(&got).enumerate() {
+        let err = rel_l2(a, b);
+        assert!(err <= 1e-5, "step {step}: relative L2 {err:e}");
+    }
+}
+
+#[test]
+fn one_layer_snapshot() {
+    let (_dir, ckpt) = mixtral("snapshot");
+    let g0 = ckpt.graph(&LowerOptions { layers: Some(1), ..LowerOptions::default() }).unwrap();
+    let g = dispatched(&g0);
+    // A second run finds nothing left to lower.
+    let mut again = g.clone();
+    assert!(!run_pipeline(&mut again, "moe-dispatch").unwrap().passes[0].changed);
+    insta::assert_snapshot!("mixtral_one_layer", print(&g));
+}
+
+#[test]
+fn dims_are_named_after_the_layer() {
+    let (_dir, ckpt) = mixtral("dims");
+    let g = dispatched(&ckpt.graph(&LowerOptions::default()).unwrap());
+    let dims: Vec<&str> =
+        g.node_ids().filter(|&n| g.op(n) == OpKind::Nonzero).filter_map(|n| g.node(n).attrs.str("dim")).collect();
+    for name in ["n0e0", "n0e7", "n1e0", "n1e7"] {
+        assert!(dims.contains(&name), "{name} not among {dims:?}");
+    }
+}
