@@ -34,6 +34,11 @@ enum Command {
     DumpIr(commands::dump_ir::DumpIrArgs),
     /// Generate text with a model.
     Run(commands::run::RunArgs),
+    /// Compile a model to a native artifact for this CPU.
+    #[cfg(feature = "llvm")]
+    Compile(commands::compile::CompileArgs),
+    /// Measure a compiled artifact's prefill and decode speed against the memory roofline.
+    Bench(commands::bench::BenchArgs),
     /// Fit Mixture-of-Depths routers for a model on calibration text (for the `mod` pass).
     Calibrate(commands::calibrate::CalibrateArgs),
     /// Perplexity, and agreement and KL divergence against the unmodified model, per pass pipeline.
@@ -64,6 +69,9 @@ fn main() -> ExitCode {
         Command::DumpIr(args) => commands::dump_ir::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Calibrate(args) => commands::calibrate::run(args),
+        #[cfg(feature = "llvm")]
+        Command::Compile(args) => commands::compile::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Eval(args) => commands::eval::run(args),
     };
     match result {

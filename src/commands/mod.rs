@@ -1,4 +1,7 @@
+pub mod bench;
 pub mod calibrate;
+#[cfg(feature = "llvm")]
+pub mod compile;
 pub mod dump_ir;
 pub mod eval;
 pub mod gen_model;

@@ -33,7 +33,7 @@ pub struct OptArgs {
 
 /// Which passes to run and how to watch them (MLIR's and rustc's flags). Dumps and timing go to
 /// stderr (or `--print-ir-dir`); the result goes where the command writes its IR.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Clone, Debug, Default)]
 pub struct PassArgs {
     /// Pass pipeline to run: `canonicalize,cse,eqsat{rules=rope+layout},dce`, or a level
     /// (`-O0`, `-O1`, `-O2`).
@@ -77,6 +77,11 @@ impl PassArgs {
             (None, Some(l)) => Some((format!("-O{l}"), "-O")),
             (None, None) => None,
         }
+    }
+
+    /// The pipeline text asked for (`-O2` for a level), or empty.
+    pub fn pipeline_text(&self) -> String {
+        self.pipeline().map(|(p, _)| p).unwrap_or_default()
     }
 
     fn instrumented(&self) -> bool {

@@ -10,11 +10,15 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// A Hugging Face model folder or a .gguf file.
+    /// A compiled artifact (`kiln compile`), or with --interp a Hugging Face model folder or .gguf file.
     pub model: PathBuf,
-    /// Run through the reference interpreter (plain f32, slow, exact).
+    /// Run a model folder through the reference interpreter (plain f32, slow, exact) instead of a
+    /// compiled artifact.
     #[arg(long)]
     pub interp: bool,
+    /// Threads for a compiled artifact (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// The prompt text.
     #[arg(long)]
     pub prompt: String,
@@ -53,15 +57,49 @@ impl DecodeModel for Interp {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    if !args.interp {
-        bail!("only the reference interpreter can run models so far: pass --interp");
-    }
     let sampler_cfg =
         SamplerConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let mut sampler = Sampler::new(sampler_cfg)?;
+    if kiln_runtime::artifact::is_artifact(&args.model) {
+        if args.interp {
+            bail!("{} is a compiled artifact; --interp runs model folders (drop --interp)", args.model.display());
+        }
+        if args.passes.passes.is_some() || args.passes.level.is_some() {
+            bail!("{} is already compiled; passes are chosen at `kiln compile` time", args.model.display());
+        }
+        let t0 = std::time::Instant::now();
+        let model = kiln_runtime::cpu::CpuModel::load(&args.model, args.threads.unwrap_or_else(default_threads))?;
+        tracing::info!(secs = t0.elapsed().as_secs_f64(), "artifact loaded");
+        let eos = model.manifest().model.eos_token_ids.clone();
+        let tok = TextTokenizer::from_dir(&args.model, &eos)?;
+        let vocab = model.manifest().model.vocab_size;
+        return generate_text(&args, model, &tok, vocab, &mut sampler);
+    }
+    if !args.interp {
+        bail!("{} is a model, not a compiled artifact: compile it with `kiln compile`, or pass --interp to run it through the reference interpreter", args.model.display());
+    }
     let dir = crate::model_arg::resolve(&args.model)?;
     let ckpt = crate::model_arg::open(&dir)?;
     let tok = TextTokenizer::from_dir(&dir.path, &ckpt.spec.eos_token_ids)?;
+    let t0 = std::time::Instant::now();
+    let mut graph = ckpt.graph(&LowerOptions::default())?;
+    let derived = args.passes.run(&mut graph, Some(&ckpt))?;
+    let model = InterpModel::with_derived(&ckpt, &graph, &derived).context("loading the model")?;
+    tracing::info!(secs = t0.elapsed().as_secs_f64(), "weights loaded");
+    generate_text(&args, Interp(model), &tok, ckpt.spec.vocab_size, &mut sampler)
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn generate_text(
+    args: &RunArgs,
+    mut model: impl DecodeModel,
+    tok: &TextTokenizer,
+    vocab_size: usize,
+    sampler: &mut Sampler,
+) -> Result<()> {
     let (text, add_special) = if args.chat {
         let mut msgs = Vec::new();
         if let Some(sys) = &args.system {
@@ -76,16 +114,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     if prompt.is_empty() {
         bail!("--prompt encodes to no tokens");
     }
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= ckpt.spec.vocab_size) {
-        bail!("the tokenizer produced id {bad}, outside the model's vocab of {}", ckpt.spec.vocab_size);
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab_size) {
+        bail!("the tokenizer produced id {bad}, outside the model's vocab of {vocab_size}");
     }
     tracing::info!(tokens = prompt.len(), "prompt");
-    let t0 = std::time::Instant::now();
-    let mut graph = ckpt.graph(&LowerOptions::default())?;
-    let derived = args.passes.run(&mut graph, Some(&ckpt))?;
-    let model = InterpModel::with_derived(&ckpt, &graph, &derived).context("loading the model")?;
-    tracing::info!(secs = t0.elapsed().as_secs_f64(), "weights loaded");
-    let mut model = Interp(model);
     let mut stream = tok.stream();
     let mut stdout = std::io::stdout().lock();
     let mut write = |piece: &str| -> Result<()> {
@@ -95,7 +127,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     let mut failure: Option<anyhow::Error> = None;
-    let result = generate(&mut model, &prompt, &mut sampler, &tok.eos_ids, args.max_tokens, &mut |id| {
+    let result = generate(&mut model, &prompt, sampler, &tok.eos_ids, args.max_tokens, &mut |id| {
         let piece = stream.push(id)?;
         if let Err(e) = write(&piece) {
             failure = Some(e);

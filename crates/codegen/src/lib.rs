@@ -11,10 +11,13 @@
 //! println!("{report}");
 //! ```
 
+pub mod artifact;
 pub mod emit;
 pub mod error;
 pub mod kernels;
 pub mod link;
+pub mod pack;
+pub mod plan;
 pub mod target;
 
 pub use emit::{emit_assembly, emit_object, optimize, DEFAULT_PIPELINE};

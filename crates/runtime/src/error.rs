@@ -6,6 +6,15 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
+    /// A compiled artifact that is missing, corrupt, of another format version, or for a CPU this
+    /// machine is not; the message names the file and what is wrong.
+    #[error("{0}")]
+    Artifact(String),
+
+    /// A kernel call or a model input that cannot run (bad token id, context full).
+    #[error("{0}")]
+    Execution(String),
+
     /// This build of Kiln has no CUDA support.
     #[error("Kiln was built without CUDA support (rebuild with `--features kiln-runtime/cuda`)")]
     NotCompiledWithCuda,

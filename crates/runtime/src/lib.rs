@@ -11,9 +11,11 @@
 //! ```
 
 pub mod artifact;
+pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod measure;
 pub mod sampler;
 pub mod tokenizer;
 

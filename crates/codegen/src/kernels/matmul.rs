@@ -1,8 +1,37 @@
-//! PLACEHOLDER — being written.
-use super::builder::KernelCx;
+//! Matmul (GEMV at batch 1, GEMM for prefill) and embedding lookups over packed weights
+//! ([`WeightFormat`]): the kernels that decide decode speed, since a decode step is dominated by
+//! streaming every weight byte from memory once.
+//!
+//! - [`decode`]: reading f32/bf16/f16/Q8_0/Q4_0 weights as f32 vectors, dequantized in registers;
+//! - [`gemm`]: the matmul kernel (register tiles of rows × weight rows, f32 accumulation);
+//! - [`embedding`]: table row lookups.
+
+mod decode;
+mod embedding;
+mod gemm;
+mod ir;
+
+use super::builder::{llvm_err, KernelCx};
 use super::spec::KernelSpec;
 use crate::error::Result;
 
-pub fn emit(_cx: &KernelCx<'_>, name: &str, spec: &KernelSpec) -> Result<()> {
-    Err(super::builder::llvm_err(format!("{name}: {} kernels are not written yet", spec.kind())))
+pub use gemm::{COL_BLOCK, ROW_BLOCK};
+
+/// The `cols_per_task` the planner should give matmuls: output columns (weight rows) per task.
+///
+/// 16 is a multiple of the 4-column tile, small enough that a 1536-wide projection still splits
+/// into ~100 tasks for load balance across threads, and large enough that a task (16 weight rows,
+/// 18–98 KB at K = 576..1536) amortizes the per-call overhead and, during prefill, keeps its
+/// weights in L2 while every group of 4 activation rows passes over them.
+pub const COLS_PER_TASK: usize = 16;
+
+/// Emits a `Matmul` or `Embedding` kernel.
+pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec) -> Result<()> {
+    match *spec {
+        KernelSpec::Matmul { format, n, k, bias, cols_per_task } => {
+            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task })
+        }
+        KernelSpec::Embedding { format, vocab, dim } => embedding::emit(cx, name, format, vocab, dim),
+        _ => Err(llvm_err(format!("{name}: matmul::emit cannot generate {} kernels", spec.kind()))),
+    }
 }

@@ -10,6 +10,7 @@ pub mod emit;
 pub mod matmul;
 pub mod misc;
 pub mod norm;
+pub mod rope_params;
 pub mod spec;
 pub mod testing;
 

@@ -159,6 +159,17 @@ impl Interpreter {
         Ok(Interpreter { graph: graph.clone(), steps, params, folded, is_static, work: Work::default() })
     }
 
+    /// Whether a node depends on weights and constants alone (computed once at load).
+    pub fn is_static(&self, node: NodeId) -> bool {
+        self.steps.iter().position(|s| s.node == node).is_some_and(|i| self.is_static[i])
+    }
+
+    /// The weight-only values that nodes computed at run time read, by node: the values a
+    /// compiler stores as (packed) weights.
+    pub fn folded_values(&self) -> impl Iterator<Item = (NodeId, &Arc<Tensor>)> {
+        self.steps.iter().zip(&self.folded).filter_map(|(s, v)| v.as_ref().map(|v| (s.node, v)))
+    }
+
     /// Work done by all runs so far.
     pub fn work(&self) -> Work {
         self.work

@@ -1,0 +1,74 @@
+//! The embedding kernel: `out[r, :] = dequant(table[ids[r], :])`, one task per row.
+//!
+//! An id outside `0..vocab` yields a row of zeros rather than a read out of bounds (the runtime
+//! validates token ids before the call; this only keeps a bad id from crashing the process). Zeros
+//! rather than clamping, so a bad id shows up as an obviously empty embedding instead of
+//! silently aliasing the last token.
+
+use super::decode::Decoder;
+use super::ir::{mul_add, store_prefix};
+use crate::error::Result;
+use crate::kernels::builder::{llvm_err, KernelCx};
+use crate::kernels::spec::WeightFormat;
+use inkwell::values::{IntValue, PointerValue};
+use inkwell::IntPredicate;
+
+/// Emits the embedding kernel `name` for a `[vocab, dim]` table in `format`.
+pub fn emit(cx: &KernelCx<'_>, name: &str, format: WeightFormat, vocab: usize, dim: usize) -> Result<()> {
+    let fail = |why: &str| Err(llvm_err(format!("{name}: embedding {} [{vocab}, {dim}]: {why}", format.name())));
+    if dim % format.block() != 0 {
+        return fail(&format!("dim must be a multiple of the {}-element block", format.block()));
+    }
+    if i64::try_from(vocab.saturating_mul(format.row_bytes(dim)).max(vocab.saturating_mul(dim).saturating_mul(4))).is_err() {
+        return fail("sizes overflow i64 offsets");
+    }
+    let dec = Decoder::new(cx, format)?;
+    let kf = cx.begin_kernel(name);
+    let table = cx.buf(&kf, 0)?;
+    let ids = cx.buf(&kf, 1)?;
+    let out = cx.buf(&kf, 2)?;
+    let row_bytes = format.row_bytes(dim) as i64;
+    cx.for_range(kf.begin, kf.end, 1, |r| {
+        let b = &cx.builder;
+        let id = b.build_int_s_extend(cx.load_i32(ids, r)?, cx.i64(), "id").map_err(llvm_err)?;
+        // One unsigned compare catches negative ids too.
+        let valid = cx.icmp(IntPredicate::ULT, id, cx.c64(vocab as i64))?;
+        let out_row = cx.gep(cx.f32().into(), out, mul_add(cx, r, dim as i64, 0)?)?;
+        cx.if_then(valid, || {
+            let src = cx.gep_bytes(table, mul_add(cx, id, row_bytes, 0)?)?;
+            copy_row(cx, &dec, src, out_row, dim as i64)
+        })?;
+        let invalid = b.build_not(valid, "bad").map_err(llvm_err)?;
+        cx.if_then(invalid, || {
+            b.build_memset(out_row, 4, cx.context.i8_type().const_zero(), cx.c64(dim as i64 * 4)).map_err(llvm_err)?;
+            Ok(())
+        })
+    })?;
+    cx.finish()
+}
+
+/// Dequantizes the `dim` elements of the packed row at `src` into the f32 row at `dst`.
+fn copy_row<'ctx>(
+    cx: &KernelCx<'ctx>,
+    dec: &Decoder<'_, 'ctx>,
+    src: PointerValue<'ctx>,
+    dst: PointerValue<'ctx>,
+    dim: i64,
+) -> Result<()> {
+    let unit_elems = i64::from(dec.unit_elems());
+    let units = dim / unit_elems;
+    let unit = |u: IntValue<'ctx>| -> Result<()> {
+        let vecs = dec.unit(cx.gep_bytes(src, mul_add(cx, u, dec.unit_bytes(), 0)?)?)?;
+        for (v, vec) in vecs.into_iter().enumerate() {
+            cx.store_vf32(dst, mul_add(cx, u, unit_elems, (v as u32 * dec.lanes()).into())?, vec)?;
+        }
+        Ok(())
+    };
+    cx.for_range(cx.c64(0), cx.c64(units), 1, unit)?;
+    let rest = (dim % unit_elems) as u32;
+    if rest > 0 {
+        let v = dec.prefix(cx.gep_bytes(src, cx.c64(units * dec.unit_bytes()))?, rest)?;
+        store_prefix(cx, v, cx.gep(cx.f32().into(), dst, cx.c64(units * unit_elems))?, rest)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The matmul kernel: `out[M,N] = a[M,K] · wᵀ (+ bias)` over packed weights.
+//!
+//! Each task owns a block of `cols_per_task` output columns (weight rows) and computes them for
+//! all M rows, so one call reads every weight byte once. Inside a task the work is cut into
+//! tiles of up to [`ROW_BLOCK`] rows of `a` × [`COL_BLOCK`] weight rows: a tile walks K once,
+//! loading each activation vector once for all its weight rows and dequantizing each weight
+//! vector once for all its activation rows, with every (row, column) pair accumulating into its
+//! own f32 vector registers. At batch 1 (decode) a tile is 1 × 4: four weight streams and eight
+//! independent accumulators, which is enough to keep loads in flight at memory bandwidth; at
+//! M ≥ 4 (prefill) tiles are 4 × 4 and the task's weights (`cols_per_task` rows) are re-read from
+//! cache, not memory, for each group of 4 rows.
+//!
+//! Every column's summation order depends only on its index, N, K and M — never on how tasks are
+//! split over threads.
+
+use super::decode::Decoder;
+use super::ir::{add, load_prefix, mul_add, prefetch};
+use crate::error::Result;
+use crate::kernels::builder::{llvm_err, KernelCx};
+use crate::kernels::spec::WeightFormat;
+use inkwell::values::{BasicValueEnum, IntValue, PointerValue, VectorValue};
+use inkwell::IntPredicate;
+
+/// Rows of `a` per tile (both ROW_BLOCK and COL_BLOCK must be powers of two).
+pub const ROW_BLOCK: u32 = 4;
+/// Weight rows (output columns) per tile.
+pub const COL_BLOCK: u32 = 4;
+
+/// The matmul spec's fields.
+pub struct MatmulShape {
+    pub format: WeightFormat,
+    pub n: usize,
+    pub k: usize,
+    pub bias: bool,
+    pub cols_per_task: usize,
+}
+
+/// Emits the matmul kernel `name`.
+pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
+    let &MatmulShape { format, n, k, bias, cols_per_task } = shape;
+    let fail = |why: String| Err(llvm_err(format!("{name}: matmul {} n={n} k={k}: {why}", format.name())));
+    if cols_per_task == 0 {
+        return fail("cols_per_task must be at least 1".to_string());
+    }
+    if k % format.block() != 0 {
+        return fail(format!("K must be a multiple of the {}-element block", format.block()));
+    }
+    let too_big = |x: usize| i64::try_from(x).is_err();
+    if too_big(n.saturating_mul(k).saturating_mul(4)) || too_big(cols_per_task) {
+        return fail("sizes overflow i64 offsets".to_string());
+    }
+    let kf = cx.begin_kernel(name);
+    let m = cx.dim(&kf, 0)?;
+    let gemm = Gemm {
+        cx,
+        dec: Decoder::new(cx, format)?,
+        n: n as i64,
+        k: k as i64,
+        row_bytes: format.row_bytes(k) as i64,
+        a: cx.buf(&kf, 0)?,
+        w: cx.buf(&kf, 1)?,
+        bias: if bias { Some(cx.buf(&kf, 2)?) } else { None },
+        out: cx.buf(&kf, 3)?,
+    };
+    cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64))?;
+    cx.finish()
+}
+
+struct Gemm<'a, 'ctx> {
+    cx: &'a KernelCx<'ctx>,
+    dec: Decoder<'a, 'ctx>,
+    n: i64,
+    k: i64,
+    row_bytes: i64,
+    a: PointerValue<'ctx>,
+    w: PointerValue<'ctx>,
+    bias: Option<PointerValue<'ctx>>,
+    out: PointerValue<'ctx>,
+}
+
+/// The tile being emitted: its first row and column, its size, and its accumulators.
+struct Tile<'ctx> {
+    rows: u32,
+    cols: u32,
+    /// Independent accumulators per (row, column) pair: consecutive vectors along K rotate over
+    /// them so that FMA latency never limits a tile with few pairs.
+    sets: u32,
+    a_rows: Vec<PointerValue<'ctx>>,
+    w_rows: Vec<PointerValue<'ctx>>,
+}
+
+impl<'ctx> Tile<'ctx> {
+    fn acc(&self, set: u32, col: u32, row: u32) -> usize {
+        ((set * self.cols + col) * self.rows + row) as usize
+    }
+}
+
+impl<'a, 'ctx> Gemm<'a, 'ctx> {
+    /// Task `t`: columns `[t · cols_per_task, min((t + 1) · cols_per_task, N))` for all rows.
+    fn task(&self, t: IntValue<'ctx>, m: IntValue<'ctx>, cols_per_task: i64) -> Result<()> {
+        let (cx, b) = (self.cx, &self.cx.builder);
+        let c0 = mul_add(cx, t, cols_per_task, 0)?;
+        let c_end = mul_add(cx, t, cols_per_task, cols_per_task)?;
+        let n = cx.c64(self.n);
+        let clipped = cx.icmp(IntPredicate::SLT, c_end, n)?;
+        let c1 = b.build_select(clipped, c_end, n, "c1").map_err(llvm_err)?.into_int_value();
+        let m_main = b.build_and(m, cx.c64(!(i64::from(ROW_BLOCK) - 1)), "m4").map_err(llvm_err)?;
+        cx.for_range(cx.c64(0), m_main, i64::from(ROW_BLOCK), |i| self.sweep(i, ROW_BLOCK, c0, c1))?;
+        cx.for_range(m_main, m, 1, |i| self.sweep(i, 1, c0, c1))
+    }
+
+    /// Rows `i..i + rows` for the columns `c0..c1`: full tiles, then single columns.
+    fn sweep(&self, i: IntValue<'ctx>, rows: u32, c0: IntValue<'ctx>, c1: IntValue<'ctx>) -> Result<()> {
+        let (cx, b) = (self.cx, &self.cx.builder);
+        let width = b.build_int_sub(c1, c0, "w").map_err(llvm_err)?;
+        let full = b.build_and(width, cx.c64(!(i64::from(COL_BLOCK) - 1)), "w4").map_err(llvm_err)?;
+        let main = add(cx, c0, full)?;
+        cx.for_range(c0, main, i64::from(COL_BLOCK), |j| self.tile(i, rows, j, COL_BLOCK))?;
+        cx.for_range(main, c1, 1, |j| self.tile(i, rows, j, 1))
+    }
+
+    /// One tile: rows `i..i + rows` of `a` against weight rows `j..j + cols`.
+    fn tile(&self, i: IntValue<'ctx>, rows: u32, j: IntValue<'ctx>, cols: u32) -> Result<()> {
+        let cx = self.cx;
+        let a_rows = (0..rows)
+            .map(|r| cx.gep(cx.f32().into(), self.a, mul_add(cx, add(cx, i, cx.c64(r.into()))?, self.k, 0)?))
+            .collect::<Result<Vec<_>>>()?;
+        let w_rows = (0..cols)
+            .map(|c| cx.gep_bytes(self.w, mul_add(cx, add(cx, j, cx.c64(c.into()))?, self.row_bytes, 0)?))
+            .collect::<Result<Vec<_>>>()?;
+        let tile = Tile { rows, cols, sets: (8 / (rows * cols)).clamp(1, 4), a_rows, w_rows };
+
+        let dec = &self.dec;
+        let units = self.k / i64::from(dec.unit_elems());
+        // Units per loop iteration: enough to give each accumulator set one vector, and to cover a
+        // cache line of each weight row (one round of prefetches per iteration).
+        let per_iter = i64::from((tile.sets / dec.vecs_per_unit()).max(1)).max((64 + dec.unit_bytes() - 1) / dec.unit_bytes());
+        let looped = units / per_iter * per_iter;
+        let zero = cx.vf32(dec.lanes()).const_zero();
+        let init = vec![BasicValueEnum::from(zero); (tile.sets * cols * rows) as usize];
+        let accs = cx.for_range_acc(cx.c64(0), cx.c64(looped), per_iter, &init, |u, cur| {
+            let mut accs: Vec<VectorValue<'ctx>> = cur.iter().map(|v| v.into_vector_value()).collect();
+            self.prefetch_next_tile(&tile, u, per_iter)?;
+            for s in 0..per_iter {
+                let first_vec = s as u32 * dec.vecs_per_unit();
+                self.unit(&tile, add(cx, u, cx.c64(s))?, first_vec, &mut accs)?;
+            }
+            Ok(accs.into_iter().map(BasicValueEnum::from).collect())
+        })?;
+        let mut accs: Vec<VectorValue<'ctx>> = accs.iter().map(|v| v.into_vector_value()).collect();
+        for u in looped..units {
+            let first_vec = (u - looped) as u32 * dec.vecs_per_unit();
+            self.unit(&tile, cx.c64(u), first_vec, &mut accs)?;
+        }
+        let rest = (self.k % i64::from(dec.unit_elems())) as u32;
+        if rest > 0 {
+            self.tail(&tile, units, rest, &mut accs)?;
+        }
+        self.store(&tile, i, j, &accs)
+    }
+
+    /// Prefetches what the next tile will read where this loop iteration reads now: the next tile's
+    /// weight rows follow this tile's, `cols` rows further on. Rows of a few hundred bytes (K =
+    /// 576 in Q8_0 is 612) are too short for the hardware prefetchers to lock on, and without
+    /// this a decode step waits on memory latency at every tile instead of streaming.
+    fn prefetch_next_tile(&self, tile: &Tile<'ctx>, u: IntValue<'ctx>, units: i64) -> Result<()> {
+        let cx = self.cx;
+        let bytes = units * self.dec.unit_bytes();
+        let ahead = i64::from(tile.cols) * self.row_bytes;
+        for &row in &tile.w_rows {
+            for line in 0..(bytes + 63) / 64 {
+                prefetch(cx, row, mul_add(cx, u, self.dec.unit_bytes(), ahead + 64 * line)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Accumulates unit `u` (K elements `u · unit_elems ..`) of every pair of the tile.
+    fn unit(&self, tile: &Tile<'ctx>, u: IntValue<'ctx>, first_vec: u32, accs: &mut [VectorValue<'ctx>]) -> Result<()> {
+        let (cx, dec) = (self.cx, &self.dec);
+        let w = tile
+            .w_rows
+            .iter()
+            .map(|&row| dec.unit(cx.gep_bytes(row, mul_add(cx, u, dec.unit_bytes(), 0)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let unit_start = mul_add(cx, u, i64::from(dec.unit_elems()), 0)?;
+        for v in 0..dec.vecs_per_unit() {
+            let elem = add(cx, unit_start, cx.c64(i64::from(v * dec.lanes())))?;
+            let a = tile.a_rows.iter().map(|&row| cx.load_vf32(row, elem, dec.lanes())).collect::<Result<Vec<_>>>()?;
+            let set = (first_vec + v) % tile.sets;
+            self.fma_all(tile, set, &w.iter().map(|wc| wc[v as usize]).collect::<Vec<_>>(), &a, accs)?;
+        }
+        Ok(())
+    }
+
+    /// The last `rest` (< lanes) elements of K, for unquantized formats: masked loads that read
+    /// nothing past the rows.
+    fn tail(&self, tile: &Tile<'ctx>, units: i64, rest: u32, accs: &mut [VectorValue<'ctx>]) -> Result<()> {
+        let (cx, dec) = (self.cx, &self.dec);
+        let w_off = cx.c64(units * dec.unit_bytes());
+        let w = tile.w_rows.iter().map(|&row| dec.prefix(cx.gep_bytes(row, w_off)?, rest)).collect::<Result<Vec<_>>>()?;
+        let a_off = cx.c64(units * i64::from(dec.unit_elems()));
+        let a = tile
+            .a_rows
+            .iter()
+            .map(|&row| load_prefix(cx, cx.vf32(dec.lanes()), cx.gep(cx.f32().into(), row, a_off)?, rest, 4))
+            .collect::<Result<Vec<_>>>()?;
+        self.fma_all(tile, 0, &w, &a, accs)
+    }
+
+    /// `acc[set][c][r] += w[c] · a[r]` for every pair.
+    fn fma_all(
+        &self,
+        tile: &Tile<'ctx>,
+        set: u32,
+        w: &[VectorValue<'ctx>],
+        a: &[VectorValue<'ctx>],
+        accs: &mut [VectorValue<'ctx>],
+    ) -> Result<()> {
+        for (c, &wv) in w.iter().enumerate() {
+            for (r, &av) in a.iter().enumerate() {
+                let idx = tile.acc(set, c as u32, r as u32);
+                accs[idx] = self.cx.fma(wv, av, accs[idx])?.into_vector_value();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums each pair's accumulators (a fixed tree over the sets, then across lanes), adds the
+    /// bias and stores `out[i + r, j + c]`.
+    fn store(&self, tile: &Tile<'ctx>, i: IntValue<'ctx>, j: IntValue<'ctx>, accs: &[VectorValue<'ctx>]) -> Result<()> {
+        let (cx, b) = (self.cx, &self.cx.builder);
+        for c in 0..tile.cols {
+            let col = add(cx, j, cx.c64(c.into()))?;
+            let bias = match self.bias {
+                Some(p) => Some(cx.load_f32(p, col)?),
+                None => None,
+            };
+            for r in 0..tile.rows {
+                let mut partial: Vec<VectorValue<'ctx>> = (0..tile.sets).map(|s| accs[tile.acc(s, c, r)]).collect();
+                // Pairwise: set s with set s + half, until one vector is left.
+                while partial.len() > 1 {
+                    let half = partial.len().div_ceil(2);
+                    for s in 0..partial.len() - half {
+                        partial[s] = b.build_float_add(partial[s], partial[s + half], "sets").map_err(llvm_err)?;
+                    }
+                    partial.truncate(half);
+                }
+                let mut sum = cx.hsum(partial[0])?;
+                if let Some(bias) = bias {
+                    sum = b.build_float_add(sum, bias, "bias").map_err(llvm_err)?;
+                }
+                let row = add(cx, i, cx.c64(r.into()))?;
+                cx.store_f32(self.out, add(cx, mul_add(cx, row, self.n, 0)?, col)?, sum)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! Matmul and embedding kernels against an f64 reference on the dequantized weights
+//! (`unpack(pack(w))`, so quantization error is excluded and only f32 accumulation order is
+//! left), for every weight format, several shapes, with and without bias, and with the tasks
+//! split several ways; plus `pack`/`unpack` round trips and llama.cpp block layouts.
+
+use half::{bf16, f16};
+use kiln_codegen::kernels::matmul::COLS_PER_TASK;
+use kiln_codegen::kernels::testing::{build, ptr};
+use kiln_codegen::kernels::{KernelCx, KernelSpec, WeightFormat};
+use kiln_codegen::pack::{pack, unpack};
+
+const FORMATS: [WeightFormat; 5] =
+    [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// `out = a · wᵀ + bias` in f64, and `Σ |a·w|` per output (the scale rounding errors are relative to).
+fn reference(a: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut out = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut g) = (0.0f64, 0.0f64);
+            for x in 0..k {
+                let p = f64::from(a[i * k + x]) * f64::from(w[j * k + x]);
+                s += p;
+                g += p.abs();
+            }
+            let b = bias.map_or(0.0, |b| f64::from(b[j]));
+            out[i * n + j] = s + b;
+            mag[i * n + j] = g + b.abs();
+        }
+    }
+    (out, mag)
+}
+
+/// Runs one matmul kernel for every task split and checks it against the reference.
+fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, cols_per_task: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let a = rng.vec(m * k);
+    let packed = pack(format, n, k, &rng.vec(n * k)).unwrap();
+    let w = unpack(format, n, k, &packed).unwrap();
+    let bias_v = rng.vec(n);
+    let (want, mag) = reference(&a, &w, bias.then_some(&bias_v[..]), m, n, k);
+
+    let spec = KernelSpec::Matmul { format, n, k, bias, cols_per_task };
+    let lib = build(&[("mm", spec)]).unwrap();
+    let tasks = n.div_ceil(cols_per_task) as i64;
+    for splits in [1, 3, 7] {
+        let mut a_buf = a.clone();
+        let mut w_buf = packed.clone();
+        let mut b_buf = bias_v.clone();
+        // NaN canaries: a skipped output stays NaN and fails the comparison.
+        let mut out = vec![f32::NAN; m * n];
+        let b_ptr = if bias { ptr(&mut b_buf) } else { std::ptr::null_mut() };
+        // SAFETY: buffers match the Matmul contract for dims [m].
+        unsafe {
+            lib.call("mm", &[m as i64], &[ptr(&mut a_buf), ptr(&mut w_buf), b_ptr, ptr(&mut out)], tasks, splits)
+        };
+        for (idx, (&got, (&want, &mag))) in out.iter().zip(want.iter().zip(&mag)).enumerate() {
+            let err = (f64::from(got) - want).abs();
+            // f32 accumulation: each partial product is rounded at most ~log2(K) + 8 times with
+            // unit roundoff 6e-8, so the error is far below 1e-5 of the magnitude sum.
+            assert!(
+                err <= 1e-5 * mag.max(1e-30),
+                "{} m={m} n={n} k={k} bias={bias} cpt={cols_per_task} splits={splits}: out[{}][{}] = {got}, want {want} (|err| {err:e}, scale {mag:e})",
+                format.name(),
+                idx / n,
+                idx % n
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_reference_for_every_format_and_shape() {
+    let mut seed = 1;
+    for format in FORMATS {
+        for k in [32, 64, 96, 576] {
+            for (m, n, bias) in [(1, 1, false), (1, 7, true), (3, 64, false), (17, 100, true), (1, 100, false)] {
+                seed += 1;
+                check_matmul(format, m, n, k, bias, COLS_PER_TASK, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_handles_k_tails_for_unquantized_formats() {
+    // K not a multiple of 16 (AVX-512), 8 (AVX2) or 4: masked tail loads.
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
+        for k in [1, 5, 17, 35, 100] {
+            check_matmul(format, 5, 9, k, true, 4, 100 + k as u64);
+        }
+    }
+}
+
+#[test]
+fn matmul_column_block_sizes_do_not_change_results() {
+    // Tasks that are not multiples of the 4-column tile, one column per task, and one task for all.
+    for cpt in [1, 3, 5, 6, 200] {
+        check_matmul(WeightFormat::Q4_0, 6, 23, 64, true, cpt, 7 + cpt as u64);
+        check_matmul(WeightFormat::Bf16, 2, 23, 40, false, cpt, 9 + cpt as u64);
+    }
+}
+
+#[test]
+fn matmul_with_zero_rows_writes_nothing() {
+    let spec = KernelSpec::Matmul { format: WeightFormat::F16, n: 8, k: 32, bias: false, cols_per_task: 4 };
+    let lib = build(&[("mm", spec)]).unwrap();
+    let mut w = pack(WeightFormat::F16, 8, 32, &[1.0; 256]).unwrap();
+    let mut sentinel = [7.0f32; 4];
+    // SAFETY: M = 0: no activation or output element is touched.
+    unsafe {
+        lib.call("mm", &[0], &[ptr(&mut sentinel), ptr(&mut w), std::ptr::null_mut(), ptr(&mut sentinel)], 2, 2)
+    };
+    assert_eq!(sentinel, [7.0; 4]);
+}
+
+#[test]
+fn matmul_rejects_bad_specs() {
+    for (format, k, cpt) in [(WeightFormat::Q8_0, 48, 16), (WeightFormat::Q4_0, 33, 16), (WeightFormat::F32, 32, 0)] {
+        let spec = KernelSpec::Matmul { format, n: 4, k, bias: false, cols_per_task: cpt };
+        let err = build(&[("mm", spec)]).err().expect("a bad spec must be rejected");
+        assert!(err.to_string().contains("mm"), "{err}");
+    }
+    let spec = KernelSpec::Embedding { format: WeightFormat::Q4_0, vocab: 4, dim: 40 };
+    assert!(build(&[("emb", spec)]).is_err());
+}
+
+#[test]
+fn embedding_matches_unpacked_rows_and_zeros_bad_ids() {
+    let (vocab, mut seed) = (37, 50);
+    for format in FORMATS {
+        for dim in [32, 64, 576, 35] {
+            if dim % format.block() != 0 {
+                continue;
+            }
+            seed += 1;
+            let mut rng = Rng(seed);
+            let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim)).unwrap();
+            let rows = unpack(format, vocab, dim, &table).unwrap();
+            let spec = KernelSpec::Embedding { format, vocab, dim };
+            let lib = build(&[("emb", spec)]).unwrap();
+            let mut ids: Vec<i32> = vec![0, 36, 5, -1, 37, 5, i32::MAX, i32::MIN, 12];
+            for splits in [1, 3, 7] {
+                let mut out = vec![f32::NAN; ids.len() * dim];
+                // SAFETY: buffers match the Embedding contract for dims [ids.len()].
+                unsafe {
+                    lib.call(
+                        "emb",
+                        &[ids.len() as i64],
+                        &[ptr(&mut table), ptr(&mut ids), ptr(&mut out)],
+                        ids.len() as i64,
+                        splits,
+                    )
+                };
+                for (r, &id) in ids.iter().enumerate() {
+                    let got = &out[r * dim..(r + 1) * dim];
+                    let ok = (0..vocab as i64).contains(&i64::from(id));
+                    let want: Vec<f32> =
+                        if ok { rows[id as usize * dim..(id as usize + 1) * dim].to_vec() } else { vec![0.0; dim] };
+                    assert_eq!(got, &want[..], "{} dim={dim} id={id} splits={splits}", format.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn unquantized_round_trips() {
+    let mut rng = Rng(3);
+    let data: Vec<f32> = rng.vec(4 * 40).into_iter().map(|x| x * 1000.0).collect();
+    let f32s = unpack(WeightFormat::F32, 4, 40, &pack(WeightFormat::F32, 4, 40, &data).unwrap()).unwrap();
+    assert_eq!(f32s, data);
+    for (format, eps) in [(WeightFormat::Bf16, 2f32.powi(-8)), (WeightFormat::F16, 2f32.powi(-11))] {
+        let back = unpack(format, 4, 40, &pack(format, 4, 40, &data).unwrap()).unwrap();
+        for (x, y) in data.iter().zip(&back) {
+            // Round to nearest: at most half an ulp, i.e. eps/2 relative... plus the subnormal floor.
+            assert!((x - y).abs() <= eps * x.abs() + 1e-7, "{}: {x} -> {y}", format.name());
+        }
+    }
+}
+
+#[test]
+fn bf16_and_f16_round_to_nearest_even() {
+    // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties go to the even mantissa (1).
+    // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties go to 1 + 2^-6.
+    let x = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 1.0 + 2f32.powi(-8) + 2f32.powi(-20)];
+    let b = unpack(WeightFormat::Bf16, 1, 3, &pack(WeightFormat::Bf16, 1, 3, &x).unwrap()).unwrap();
+    assert_eq!(b, vec![1.0, 1.0 + 2f32.powi(-6), 1.0 + 2f32.powi(-7)]);
+    let x = [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11)];
+    let h = unpack(WeightFormat::F16, 1, 2, &pack(WeightFormat::F16, 1, 2, &x).unwrap()).unwrap();
+    assert_eq!(h, vec![1.0, 1.0 + 2f32.powi(-9)]);
+    assert_eq!(pack(WeightFormat::Bf16, 1, 1, &[1.0]).unwrap(), bf16::from_f32(1.0).to_le_bytes());
+}
+
+#[test]
+fn quantized_round_trips_are_within_llama_cpp_error() {
+    let mut rng = Rng(11);
+    let (rows, k) = (8, 96);
+    let data = rng.vec(rows * k);
+    // Q8_0 rounds to the nearest of ±127 steps of amax/127: half a step. Q4_0's steps are
+    // |d| = amax/8 but its quants run from −8 to 7 in units of d = max/−8, so values of the sign
+    // opposite to the largest one saturate at 7 steps: up to a whole step (llama.cpp does the same).
+    for (format, steps, max_err) in [(WeightFormat::Q8_0, 127.0f32, 0.5), (WeightFormat::Q4_0, 8.0, 1.0)] {
+        let packed = pack(format, rows, k, &data).unwrap();
+        assert_eq!(packed.len(), rows * format.row_bytes(k));
+        let back = unpack(format, rows, k, &packed).unwrap();
+        for (block, got) in data.chunks(32).zip(back.chunks(32)) {
+            let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (x, y) in block.iter().zip(got) {
+                // Plus the f16 rounding of the scale, relative 2^-11 on up to 127 steps.
+                let bound = amax / steps * max_err + amax * 2f32.powi(-10);
+                assert!((x - y).abs() <= bound, "{}: {x} -> {y} (amax {amax})", format.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_block_layout_matches_llama_cpp() {
+    // amax 127 → d = 1.0 (f16 0x3c00); q = round(x / d), half away from zero.
+    let mut x = [0.0f32; 32];
+    x[0] = 127.0;
+    x[1] = -127.0;
+    x[2] = 2.5;
+    x[3] = -2.5;
+    x[4] = 0.49;
+    x[31] = -1.0;
+    let bytes = pack(WeightFormat::Q8_0, 1, 32, &x).unwrap();
+    let mut want = vec![0x00, 0x3c, 127, (-127i8) as u8, 3, (-3i8) as u8, 0];
+    want.resize(33, 0);
+    want.push((-1i8) as u8);
+    assert_eq!(bytes, want);
+    assert_eq!(unpack(WeightFormat::Q8_0, 1, 32, &bytes).unwrap()[..4], [127.0, -127.0, 3.0, -3.0]);
+    // An all-zero block has d = 0 and all-zero quants.
+    assert_eq!(pack(WeightFormat::Q8_0, 1, 32, &[0.0; 32]).unwrap(), vec![0u8; 34]);
+}
+
+#[test]
+fn q4_0_block_layout_matches_llama_cpp() {
+    // The largest-magnitude value is -8 → d = -8 / -8 = 1.0; q = min(15, trunc(x/d + 8.5)).
+    let mut x = [0.0f32; 32];
+    x[0] = -8.0; // q 0
+    x[1] = 7.0; // q 15
+    x[2] = 3.4; // trunc(11.9) = 11
+    x[16] = 1.0; // q 9, high nibble of byte 0
+    x[17] = -0.5; // trunc(8.0) = 8, high nibble of byte 1
+    x[31] = 7.9; // min(15, trunc(16.4)) = 15
+    let bytes = pack(WeightFormat::Q4_0, 1, 32, &x).unwrap();
+    let mut want = vec![0x00, 0x3c, 0x90, 0x8f, 0x8b];
+    want.extend([0x88; 12]);
+    want.push(0xf8);
+    assert_eq!(bytes, want);
+    let back = unpack(WeightFormat::Q4_0, 1, 32, &bytes).unwrap();
+    assert_eq!([back[0], back[1], back[2], back[16], back[17], back[31]], [-8.0, 7.0, 3.0, 1.0, 0.0, 7.0]);
+    // A positive maximum gives a negative scale: d = 16 / -8 = -2 (f16 0xc000).
+    let mut y = [0.0f32; 32];
+    y[5] = 16.0;
+    let bytes = pack(WeightFormat::Q4_0, 1, 32, &y).unwrap();
+    assert_eq!(&bytes[..2], &f16::from_f32(-2.0).to_le_bytes());
+    assert_eq!(bytes[2 + 5] & 0x0f, 0, "16 / -2 + 8.5 → 0.5 → 0");
+    assert_eq!(unpack(WeightFormat::Q4_0, 1, 32, &bytes).unwrap()[5], 16.0);
+}
+
+#[test]
+fn pack_rejects_bad_shapes() {
+    assert!(pack(WeightFormat::Q8_0, 1, 48, &[0.0; 48]).is_err());
+    assert!(pack(WeightFormat::Q4_0, 2, 31, &[0.0; 62]).is_err());
+    assert!(pack(WeightFormat::F32, 2, 3, &[0.0; 5]).is_err());
+    assert!(unpack(WeightFormat::Q8_0, 2, 32, &[0; 67]).is_err());
+    assert!(unpack(WeightFormat::Bf16, 1, 3, &[0; 6]).is_ok());
+}
+
+/// The generated inner loops are vectorized FMAs over the widest registers, with no scalar
+/// conversions: what makes them stream weights at memory speed.
+#[test]
+fn inner_loops_are_vector_fmas() {
+    let target = kiln_codegen::host_machine().unwrap();
+    let lanes = kiln_codegen::kernels::target_lanes(&target);
+    let context = kiln_codegen::inkwell::context::Context::create();
+    let cx = KernelCx::new(&context, "asm", lanes);
+    for format in FORMATS {
+        let spec = KernelSpec::Matmul { format, n: 1536, k: 576, bias: false, cols_per_task: COLS_PER_TASK };
+        kiln_codegen::kernels::emit_kernel(&cx, &format!("mm_{}", format.name()), &spec).unwrap();
+    }
+    kiln_codegen::optimize(&cx.module, &target, kiln_codegen::DEFAULT_PIPELINE).unwrap();
+    let asm = kiln_codegen::emit_assembly(&cx.module, &target).unwrap();
+    // For looking at the code by hand: KILN_MATMUL_ASM=/tmp/mm.s cargo test ... inner_loops
+    if let Ok(path) = std::env::var("KILN_MATMUL_ASM") {
+        std::fs::write(path, &asm).unwrap();
+    }
+    if lanes < 16 || !target.features.contains("+fma") {
+        return; // The checks below are for AVX-512 machines, like the CI and bench hosts.
+    }
+    for format in FORMATS {
+        let name = format!("mm_{}:", format.name());
+        let body = asm.split(&name).nth(1).expect("function in assembly");
+        let body = body.split(".Lfunc_end").next().unwrap_or(body);
+        assert!(body.contains("vfmadd") && body.contains("zmm"), "{}: no 512-bit FMAs:\n{body}", format.name());
+        for scalar in ["vcvtsi2ss", "vcvtph2ps\t%xmm", "vmulss", "vfmadd231ss"] {
+            assert!(!body.contains(scalar), "{}: scalar `{scalar}` in the kernel:\n{body}", format.name());
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Running a compiled artifact on the CPU: buffers planned by the compiler, the KV cache, kernel
+//! calls from `kernels.so` split over a thread pool.
+
+pub mod pool;
+
+use crate::artifact::manifest::{BufArg, ElemType, Storage, Symbol};
+use crate::artifact::Artifact;
+use crate::error::{Result, RuntimeError};
+use pool::{KernelFn, Pool};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// One KV-cache slot: keys and values `[capacity, kv_heads, head_dim]`, positions `[capacity]`.
+struct KvStore {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    positions: Vec<i32>,
+    len: usize,
+    scratch: bool,
+}
+
+/// Where a buffer's memory is.
+enum Memory {
+    /// Owned scratch memory (u64 words for alignment).
+    Owned(Vec<u64>),
+    /// Bytes of the memory-mapped weight file.
+    Weight(*const u8),
+    /// Another buffer's memory plus an element offset (evaluated per call).
+    Alias(usize),
+}
+
+/// Time and calls per kernel family, when profiling.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct KernelProfile {
+    pub kind: String,
+    pub calls: u64,
+    pub secs: f64,
+}
+
+pub struct CpuModel {
+    art: Artifact,
+    kernels: Vec<KernelFn>,
+    memory: Vec<Memory>,
+    caches: HashMap<usize, KvStore>,
+    pool: Pool,
+    symbols: Vec<i64>,
+    position: usize,
+    tokens_input: usize,
+    positions_input: usize,
+    logits_output: usize,
+    profile: Option<Vec<KernelProfile>>,
+}
+
+fn exec_err(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::Execution(msg.into())
+}
+
+impl CpuModel {
+    /// Loads and checks the artifact in `dir`; `threads` workers (including the caller).
+    pub fn load(dir: &Path, threads: usize) -> Result<CpuModel> {
+        let art = Artifact::open(dir)?;
+        let m = &art.manifest;
+        let mut kernels = Vec::with_capacity(m.kernels.len());
+        for k in &m.kernels {
+            // SAFETY: the symbol is a kernel with the documented ABI (the manifest says so, and its
+            // checksum matched).
+            let f: libloading::Symbol<KernelFn> = unsafe { art.library.get(k.symbol.as_bytes()) }.map_err(|e| {
+                RuntimeError::Artifact(format!("{}: kernels.so lacks kernel '{}': {e}", dir.display(), k.symbol))
+            })?;
+            kernels.push(*f);
+        }
+        // Upper bounds of every symbol, to size scratch buffers once.
+        let maxima: Vec<i64> = m
+            .symbols
+            .iter()
+            .map(|s| match s {
+                Symbol::Tokens { .. } | Symbol::Dynamic { .. } => m.max_tokens as i64,
+                Symbol::CacheLen { .. } => m.max_context as i64,
+            })
+            .collect();
+        let mut memory = Vec::with_capacity(m.buffers.len());
+        for (i, b) in m.buffers.iter().enumerate() {
+            memory.push(match &b.storage {
+                Storage::Activation => {
+                    let bytes = b.elems.eval(&maxima).max(1) as usize * b.elem.size();
+                    Memory::Owned(vec![0u64; bytes.div_ceil(8)])
+                }
+                Storage::Weight { tensor } => {
+                    let bytes = art.weights.bytes(tensor).ok_or_else(|| {
+                        RuntimeError::Artifact(format!("{}: weights lack tensor '{tensor}' (buffer {i})", dir.display()))
+                    })?;
+                    let want = b.elems.eval(&[]) as usize * b.elem.size();
+                    if bytes.len() != want {
+                        return Err(RuntimeError::Artifact(format!(
+                            "{}: weight '{tensor}' has {} bytes, the plan expects {want}",
+                            dir.display(),
+                            bytes.len()
+                        )));
+                    }
+                    Memory::Weight(bytes.as_ptr())
+                }
+                Storage::Alias { of, .. } => Memory::Alias(*of),
+            });
+        }
+        let mut caches = HashMap::new();
+        for s in &m.kv_slots {
+            let n = m.max_context * s.kv_heads * s.head_dim;
+            caches.insert(
+                s.slot,
+                KvStore {
+                    keys: vec![0.0; n],
+                    values: vec![0.0; n],
+                    positions: vec![0; m.max_context],
+                    len: 0,
+                    scratch: s.scratch,
+                },
+            );
+        }
+        let find = |list: &[crate::artifact::manifest::NamedBuffer], name: &str| {
+            list.iter().find(|b| b.name == name).map(|b| b.buffer).ok_or_else(|| {
+                RuntimeError::Artifact(format!("{}: the program has no '{name}'", dir.display()))
+            })
+        };
+        let tokens_input = find(&m.inputs, "tokens")?;
+        let positions_input = find(&m.inputs, "positions")?;
+        let logits_output = find(&m.outputs, "logits")?;
+        let symbols = vec![0; m.symbols.len()];
+        Ok(CpuModel {
+            kernels,
+            memory,
+            caches,
+            pool: Pool::new(threads),
+            symbols,
+            position: 0,
+            tokens_input,
+            positions_input,
+            logits_output,
+            profile: None,
+            art,
+        })
+    }
+
+    pub fn manifest(&self) -> &crate::artifact::Manifest {
+        &self.art.manifest
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Collects per-kernel-family times from now on.
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Vec::new());
+    }
+
+    pub fn profile(&self) -> Option<&[KernelProfile]> {
+        self.profile.as_deref()
+    }
+
+    /// Tokens processed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    pub fn reset(&mut self) {
+        for c in self.caches.values_mut() {
+            c.len = 0;
+        }
+        self.position = 0;
+    }
+
+    /// Forgets every token at position `len` or later (speculative decoding rolls back this way).
+    pub fn truncate(&mut self, len: usize) {
+        for c in self.caches.values_mut() {
+            c.len = c.positions[..c.len].iter().take_while(|&&p| (p as usize) < len).count();
+        }
+        self.position = self.position.min(len);
+    }
+
+    /// Bytes of weights the artifact maps.
+    pub fn weight_bytes(&self) -> usize {
+        self.art.manifest.buffers.iter().filter(|b| matches!(b.storage, Storage::Weight { .. })).map(|b| b.elems.eval(&[]) as usize * b.elem.size()).sum()
+    }
+
+    /// Feeds tokens at the next positions (in chunks of the artifact's `max_tokens`) and returns
+    /// the logits of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let m = &self.art.manifest;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= m.model.vocab_size) {
+            return Err(exec_err(format!("token id {bad} is outside the vocabulary of {}", m.model.vocab_size)));
+        }
+        if self.position + tokens.len() > m.max_context {
+            return Err(exec_err(format!(
+                "the context is full: {} tokens so far + {} would exceed the artifact's {} (compile with a larger --max-context)",
+                self.position,
+                tokens.len(),
+                m.max_context
+            )));
+        }
+        let chunk = m.max_tokens.max(1);
+        let mut logits = Vec::new();
+        for part in tokens.chunks(chunk) {
+            logits = self.call(part)?;
+        }
+        Ok(logits)
+    }
+
+    fn ptr(&mut self, b: usize) -> *mut u8 {
+        let spec = &self.art.manifest.buffers[b];
+        match &mut self.memory[b] {
+            Memory::Owned(v) => v.as_mut_ptr() as *mut u8,
+            Memory::Weight(p) => *p as *mut u8,
+            Memory::Alias(of) => {
+                let of = *of;
+                let Storage::Alias { offset_elems, .. } = &spec.storage else { unreachable!("alias memory") };
+                let offset = offset_elems.eval(&self.symbols) as usize * spec.elem.size();
+                // SAFETY: the planner sized the aliased buffer to hold this view.
+                unsafe { self.ptr(of).add(offset) }
+            }
+        }
+    }
+
+    fn call(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let t = tokens.len();
+        for c in self.caches.values_mut() {
+            if c.scratch {
+                c.len = 0;
+            }
+        }
+        for (i, s) in self.art.manifest.symbols.iter().enumerate() {
+            self.symbols[i] = match s {
+                Symbol::Tokens { .. } => t as i64,
+                Symbol::Dynamic { .. } => 0,
+                Symbol::CacheLen { slot } => self.caches[slot].len as i64,
+            };
+        }
+        let tok = self.ptr(self.tokens_input) as *mut i32;
+        let pos = self.ptr(self.positions_input) as *mut i32;
+        for (i, &id) in tokens.iter().enumerate() {
+            // SAFETY: input buffers hold max_tokens i32 and t ≤ max_tokens.
+            unsafe {
+                *tok.add(i) = id as i32;
+                *pos.add(i) = (self.position + i) as i32;
+            }
+        }
+        let nsteps = self.art.manifest.steps.len();
+        let mut dims: Vec<i64> = Vec::with_capacity(16);
+        let mut bufs: Vec<*mut u8> = Vec::with_capacity(8);
+        for si in 0..nsteps {
+            let step = &self.art.manifest.steps[si];
+            dims.clear();
+            dims.extend(step.dims.iter().map(|d| d.eval(&self.symbols)));
+            let tasks = step.tasks.eval(&self.symbols);
+            let (kernel, binds, appends) = (step.kernel, step.binds, step.appends_to);
+            let args = step.bufs.clone();
+            bufs.clear();
+            for a in &args {
+                bufs.push(match a {
+                    BufArg::Buffer { id } => self.ptr(*id),
+                    BufArg::CacheKeys { slot } => self.cache(*slot)?.keys.as_mut_ptr() as *mut u8,
+                    BufArg::CacheValues { slot } => self.cache(*slot)?.values.as_mut_ptr() as *mut u8,
+                    BufArg::CachePositions { slot } => self.cache(*slot)?.positions.as_mut_ptr() as *mut u8,
+                    BufArg::Null => std::ptr::null_mut(),
+                });
+            }
+            let start = self.profile.is_some().then(std::time::Instant::now);
+            // SAFETY: buffers were sized by the planner for these dims (upper bounds at load time);
+            // cache appends were checked against the capacity in `forward`.
+            unsafe { self.pool.run(self.kernels[kernel], &dims, &bufs, tasks) };
+            if let (Some(start), Some(profile)) = (start, self.profile.as_mut()) {
+                let kind = &self.art.manifest.kernels[kernel].kind;
+                match profile.iter_mut().find(|p| &p.kind == kind) {
+                    Some(p) => {
+                        p.calls += 1;
+                        p.secs += start.elapsed().as_secs_f64();
+                    }
+                    None => profile.push(KernelProfile { kind: kind.clone(), calls: 1, secs: start.elapsed().as_secs_f64() }),
+                }
+            }
+            if let Some(sym) = binds {
+                let count = *bufs.last().expect("a count buffer") as *const i64;
+                // SAFETY: the kernel wrote its row count there.
+                self.symbols[sym] = unsafe { *count };
+            }
+            if let Some(slot) = appends {
+                let added = dims[0] as usize;
+                let c = self.cache(slot)?;
+                c.len += added;
+                let len = c.len as i64;
+                if let Some(i) =
+                    self.art.manifest.symbols.iter().position(|s| *s == Symbol::CacheLen { slot })
+                {
+                    self.symbols[i] = len;
+                }
+            }
+        }
+        self.position += t;
+        let out = &self.art.manifest.buffers[self.logits_output];
+        if out.elem != ElemType::F32 {
+            return Err(exec_err("the logits output is not f32"));
+        }
+        let n = out.elems.eval(&self.symbols) as usize;
+        let p = self.ptr(self.logits_output) as *const f32;
+        // SAFETY: the logits buffer holds n floats after the call.
+        let all = unsafe { std::slice::from_raw_parts(p, n) };
+        let vocab = self.art.manifest.model.vocab_size;
+        Ok(all[n.saturating_sub(vocab)..].to_vec())
+    }
+
+    fn cache(&mut self, slot: usize) -> Result<&mut KvStore> {
+        self.caches.get_mut(&slot).ok_or_else(|| exec_err(format!("the program uses KV-cache slot {slot}, which it does not declare")))
+    }
+}
+
+impl crate::generate::DecodeModel for CpuModel {
+    fn forward(&mut self, tokens: &[u32]) -> std::result::Result<Vec<f32>, String> {
+        CpuModel::forward(self, tokens).map_err(|e| e.to_string())
+    }
+}

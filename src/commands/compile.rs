@@ -1,0 +1,115 @@
+//! `kiln compile MODEL -o OUT.kiln [-O2 | --passes P] [--weights f32|bf16|f16|q8_0|q4_0]`: optimize a
+//! model's graph and compile it to a native artifact for this CPU.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use kiln_codegen::artifact::{compile, CompileOptions};
+use kiln_codegen::kernels::WeightFormat;
+use kiln_ir::interp::Overlay;
+use kiln_models::{Logits, LowerOptions};
+use kiln_runtime::artifact::manifest::ModelDesc;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct CompileArgs {
+    /// A Hugging Face model folder or a .gguf file.
+    pub model: PathBuf,
+    /// The artifact directory to write (replaced if it exists).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Weight storage for matmuls and embeddings: f32, bf16, f16, q8_0 or q4_0 (f32 accumulation).
+    #[arg(long, default_value = "f32")]
+    pub weights: String,
+    /// Tokens per call: prompts are prefilled in chunks of this many.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// KV-cache capacity in tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub max_context: usize,
+    /// The pass pipeline (default -O2; `moe-dispatch` is appended when the model has MoE layers),
+    /// and --json for the compile report.
+    #[command(flatten)]
+    pub passes: crate::commands::opt::PassArgs,
+}
+
+pub fn run(args: CompileArgs) -> Result<()> {
+    let format = WeightFormat::parse(&args.weights)
+        .ok_or_else(|| anyhow!("--weights '{}' is not one of f32, bf16, f16, q8_0, q4_0", args.weights))?;
+    if args.max_tokens == 0 || args.max_context < args.max_tokens {
+        bail!("--max-tokens must be at least 1 and at most --max-context");
+    }
+    if args.output.join("manifest.json").exists() || !args.output.exists() || args.output.is_dir() {
+    } else {
+        bail!("{}: exists and is not an artifact directory", args.output.display());
+    }
+    let t0 = Instant::now();
+    let dir = crate::model_arg::resolve(&args.model)?;
+    let ckpt = crate::model_arg::open(&dir)?;
+    let mut graph = ckpt.graph(&LowerOptions { logits: Logits::Last, layers: None })?;
+    let mut passes = args.passes.clone();
+    if passes.passes.is_none() && passes.level.is_none() {
+        passes.level = Some("2".into());
+    }
+    let mut pipeline = passes.pipeline_text();
+    if let Some(level) = kiln_passes::Pipeline::level(pipeline.trim()) {
+        pipeline = level.to_string();
+    }
+    if graph.node_ids().any(|n| graph.op(n) == kiln_ir::OpKind::Moe) && !pipeline.contains("moe-dispatch") {
+        pipeline = if pipeline.trim().is_empty() { "moe-dispatch".into() } else { format!("{pipeline},moe-dispatch") };
+    }
+    passes.level = None;
+    passes.passes = (!pipeline.trim().is_empty()).then(|| pipeline.clone());
+    let derived = passes.run(&mut graph, Some(&ckpt))?;
+    let weights = Overlay { derived: &derived, base: &ckpt };
+    let mut extra = Vec::new();
+    for f in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+        let p = dir.path.join(f);
+        if p.is_file() {
+            extra.push(p);
+        }
+    }
+    let config: serde_json::Value = std::fs::read_to_string(dir.path.join("config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let model = ModelDesc {
+        name: args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        arch: config.get("model_type").and_then(|v| v.as_str()).unwrap_or("unknown").to_string(),
+        vocab_size: ckpt.spec.vocab_size,
+        eos_token_ids: ckpt.spec.eos_token_ids.clone(),
+        config,
+    };
+    let opts = CompileOptions {
+        weights: format,
+        max_tokens: args.max_tokens,
+        max_context: args.max_context,
+        pipeline: pipeline.clone(),
+        extra_files: extra,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    let report = compile(&graph, &weights, model, &opts, &args.output, &mut |stage| bar.set_message(stage.to_string()))
+        .with_context(|| format!("compiling {}", args.model.display()))?;
+    bar.finish_and_clear();
+    for f in &report.fallbacks {
+        eprintln!("warning: {f}");
+    }
+    if args.passes.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        eprintln!(
+            "[kiln] compiled {} → {} in {:.1}s: {} kernels, {} steps, weights {:.1} MB ({}), library {:.0} KB; pipeline {}",
+            args.model.display(),
+            args.output.display(),
+            t0.elapsed().as_secs_f64(),
+            report.kernels,
+            report.steps,
+            report.weight_bytes as f64 / 1e6,
+            format.name(),
+            report.library_bytes as f64 / 1e3,
+            pipeline
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `kiln compile`, `kiln run ARTIFACT` and `kiln bench` end to end, and the artifact checks: a
+//! missing, corrupt or mismatched artifact is refused before anything runs, and a failed compile
+//! leaves nothing behind.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use support::TempDir;
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> (String, String) {
+    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(out.status.success(), "failed: {se}");
+    (so, se)
+}
+
+fn fails_with(out: Output, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
+    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn edit_manifest(art: &Path, f: impl FnOnce(&mut Value)) {
+    let p = art.join("manifest.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn compile_run_and_bench_a_synthetic_model() {
+    let t = TempDir::new("compile");
+    let m = t.join("m");
+    ok(kiln(&["gen-model", "--arch", "qwen2", "--seed", "3", "-o", s(&m)]));
+    let art = t.join("q.kiln");
+    let (_, err) = ok(kiln(&["compile", s(&m), "-o", s(&art), "--weights", "q8_0"]));
+    assert!(err.contains("compiled") && err.contains("q8_0"), "{err}");
+    for f in ["manifest.json", "kernels.so", "weights.safetensors", "tokenizer.json"] {
+        assert!(art.join(f).is_file(), "{f} missing");
+    }
+    // Greedy text from the artifact equals the interpreter's on the same -O2 graph (q8_0 weights
+    // are close enough for a short greedy run on this model; f32 is checked to 1e-4 elsewhere).
+    let prompt = ["--prompt", "the quick brown fox", "--max-tokens", "8"];
+    let (compiled, _) = ok(kiln(&[&["run", s(&art)][..], &prompt[..]].concat()));
+    assert!(!compiled.trim().is_empty());
+    let f32_art = t.join("f.kiln");
+    ok(kiln(&["compile", s(&m), "-o", s(&f32_art)]));
+    let (a, _) = ok(kiln(&[&["run", s(&f32_art)][..], &prompt[..]].concat()));
+    let (b, _) = ok(kiln(&[&["run", s(&m), "--interp", "-O2"][..], &prompt[..]].concat()));
+    assert_eq!(a, b, "compiled f32 and interpreted greedy text differ");
+
+    let (out, _) = ok(kiln(&["bench", s(&f32_art), "--prompt-len", "16", "--gen", "8", "--repeat", "1", "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    for k in ["prefill_tok_per_s", "decode_tok_per_s", "read_bandwidth_gb_s", "roofline_fraction"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+}
+
+#[test]
+fn bad_artifacts_are_refused_before_running() {
+    let t = TempDir::new("compile-bad");
+    let m = t.join("m");
+    ok(kiln(&["gen-model", "--arch", "llama", "--seed", "3", "-o", s(&m)]));
+    let art = t.join("a.kiln");
+    ok(kiln(&["compile", s(&m), "-o", s(&art), "-O0"]));
+    let run = |a: &Path| kiln(&["run", s(a), "--prompt", "hi", "--max-tokens", "2"]);
+    ok(run(&art));
+
+    let v = t.join("version.kiln");
+    copy_dir(&art, &v);
+    edit_manifest(&v, |m| m["format_version"] = 999.into());
+    fails_with(run(&v), &["manifest.json", "format version", "999"]);
+
+    let c = t.join("corrupt.kiln");
+    copy_dir(&art, &c);
+    let w = c.join("weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(&w, bytes).unwrap();
+    fails_with(run(&c), &["weights.safetensors", "checksum"]);
+
+    let tr = t.join("truncated.kiln");
+    copy_dir(&art, &tr);
+    let so = tr.join("kernels.so");
+    let bytes = std::fs::read(&so).unwrap();
+    std::fs::write(&so, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(run(&tr), &["kernels.so", "bytes"]);
+
+    let cpu = t.join("cpu.kiln");
+    copy_dir(&art, &cpu);
+    // A feature this CPU is unlikely to have (checked: skip if it does).
+    if kiln_runtime::artifact::cpu_has("avx512fp16") == Some(false) {
+        edit_manifest(&cpu, |m| m["target"]["required_features"] = serde_json::json!(["avx512fp16"]));
+        fails_with(run(&cpu), &["avx512fp16", "lacks"]);
+    }
+
+    let missing = t.join("missing.kiln");
+    copy_dir(&art, &missing);
+    std::fs::remove_file(missing.join("manifest.json")).unwrap();
+    fails_with(run(&missing), &["compile it with `kiln compile`"]);
+
+    fails_with(kiln(&["run", s(&art), "--interp", "--prompt", "x"]), &["compiled artifact", "--interp"]);
+}
+
+#[test]
+fn failed_compiles_leave_nothing_behind() {
+    let t = TempDir::new("compile-fail");
+    let m = t.join("m");
+    ok(kiln(&["gen-model", "--arch", "llama", "--seed", "3", "-o", s(&m)]));
+    let out = t.join("x.kiln");
+    fails_with(kiln(&["compile", s(&m), "-o", s(&out), "--weights", "q3"]), &["--weights", "q3"]);
+    fails_with(kiln(&["compile", s(&m), "-o", s(&out), "--passes", "nosuch"]), &["nosuch"]);
+    // Corrupt one weight tensor's declared shape so loading fails midway.
+    let cfg = m.join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 130");
+    std::fs::write(&cfg, text).unwrap();
+    fails_with(kiln(&["compile", s(&m), "-o", s(&out)]), &[]);
+    assert!(!out.exists(), "a failed compile left {}", out.display());
+    let leftovers: Vec<_> = std::fs::read_dir(t.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
+}
