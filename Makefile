@@ -21,19 +21,23 @@ export KILN_SMOLLM2_GGUF ?= $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 
 KILN := ./target/release/kiln
 
-# The demo: the furthest working step of the main job, one command per line,
-# run in order (make echoes each line before running it): import SmolLM2 from
-# its GGUF into a Hugging Face folder (once), show the IR of its first layer
-# before and after the -O2 pipeline (RoPE fused into attention, merged
-# projections, fused elementwise chains), and generate text with the
-# reference interpreter, plain and as a chat.
+# The demo: the main job, one command per line, run in order (make echoes each
+# line before running it): import SmolLM2 from its GGUF into a Hugging Face
+# folder (once), show the IR of its first layer after the -O2 pipeline (RoPE
+# fused into attention, merged projections, fused elementwise chains), compile
+# it to a native artifact for this CPU (bf16 weights), chat with it, and
+# measure it; then a Mixture-of-Experts version made by `moefy`, checked with
+# `kiln eval` against the original.
 SMOLLM2_DIR := $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct
+DEMO_ARTIFACT := target/demo/SmolLM2-135M-Instruct.bf16.kiln
 define DEMO_STEPS
 $(KILN) targets
-$(KILN) dump-ir $(SMOLLM2_DIR) --layers 1
 $(KILN) dump-ir $(SMOLLM2_DIR) --layers 1 -O2 --pass-timing
-$(KILN) run $(SMOLLM2_DIR) --interp --prompt "The capital of France is" --max-tokens 24
-$(KILN) run $(SMOLLM2_DIR) --interp --chat --prompt "Name three colors of the rainbow." --max-tokens 48
+$(KILN) compile $(SMOLLM2_DIR) -O2 --weights bf16 -o $(DEMO_ARTIFACT)
+$(KILN) run $(DEMO_ARTIFACT) --chat --prompt "What is the capital of France?" --max-tokens 32
+$(KILN) run $(DEMO_ARTIFACT) --chat --prompt "Name three colors of the rainbow." --max-tokens 48
+$(KILN) bench $(DEMO_ARTIFACT) --prompt-len 128 --gen 64
+$(KILN) eval $(SMOLLM2_DIR) --text /usr/share/common-licenses/GPL-3 --tokens 256 --chunk 128 --passes 'moefy{experts=8,top-k=4}'
 endef
 
 .PHONY: help deps model build release test demo check-runtime-deps lint fmt

@@ -51,7 +51,7 @@ pub const REGISTRY: &[PassEntry] = &[
                 description: "Convert attention to N key/value groups by mean-pooling K/V projection heads (GQA, arXiv 2305.13245; N=1 is MQA)" },
     PassEntry { name: "merge-projections", options: &[], required: &[],              create: passes::merge_projections::create,
                 description: "Merge matmuls that share an input (q/k/v, gate/up) into one wider matmul" },
-    PassEntry { name: "mod",               options: &["capacity", "layers", "routers"], required: &["routers"], create: passes::mixture_of_depths::create,
+    PassEntry { name: "mod",               options: &["capacity", "keep-first", "layers", "routers"], required: &["routers"], create: passes::mixture_of_depths::create,
                 description: "Mixture-of-Depths routing (arXiv 2404.02258) with calibrated routers: only the top capacity fraction of tokens enter the chosen blocks" },
     PassEntry { name: "moe-dispatch",      options: &[], required: &[],              create: passes::moe_dispatch::create,
                 description: "Lower each moe op into explicit route → dispatch → per-expert FFN → weighted combine ops (arXiv 1701.06538)" },

@@ -89,10 +89,13 @@ impl KvCache {
         self.slots.iter().map(|(&s, k)| (s, k))
     }
 
-    /// Keeps the first `len` entries of every slot (rolls back rejected speculative tokens).
+    /// Forgets every entry at position `len` or later (rolls back rejected speculative tokens).
+    /// Entries are appended in position order, so this keeps a prefix of each slot — which is
+    /// shorter than `len` in a Mixture-of-Depths block that only some tokens entered.
     pub fn truncate(&mut self, len: usize) {
         for s in self.slots.values_mut() {
-            s.truncate(len);
+            let keep = s.positions().iter().take_while(|&&p| p < len as i64).count();
+            s.truncate(keep);
         }
     }
 
