@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-bench and llama-quantize from the llama-cpp-python sdist on PyPI (which
+# vendors llama.cpp) into .cache/bench/llama.cpp, once. Prints the build directory.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="$root/.cache/bench"
+version="${LLAMA_CPP_PYTHON_VERSION:-0.3.16}"
+src="$cache/llama_cpp_python-$version"
+build="$cache/llama.cpp-build-$version"
+mkdir -p "$cache"
+if [[ -x "$build/bin/llama-bench" && -x "$build/bin/llama-quantize" ]]; then
+    echo "$build"
+    exit 0
+fi
+if ! command -v cmake >/dev/null; then
+    echo "installing cmake from PyPI" >&2
+    pip install --quiet cmake >&2
+fi
+if [[ ! -d "$src" ]]; then
+    echo "downloading the llama-cpp-python $version sdist" >&2
+    # `pip download` would build the package's metadata (needing its build backend); fetch the
+    # sdist file itself, found through PyPI's JSON API.
+    url="$(python3 -c 'import json,sys,urllib.request; d=json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json")); print(next(u["url"] for u in d["urls"] if u["packagetype"]=="sdist"))' "$version")"
+    python3 -c 'import sys,urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$url" "$cache/llama_cpp_python-$version.tar.gz"
+    tar -xzf "$cache/llama_cpp_python-$version.tar.gz" -C "$cache"
+fi
+echo "building llama.cpp (vendored in llama-cpp-python $version); this takes several minutes" >&2
+cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
+cmake --build "$build" --target llama-bench llama-quantize -j "$(nproc)" >&2
+echo "$build"
