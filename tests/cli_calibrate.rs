@@ -7,31 +7,9 @@ mod support;
 use kiln_passes::routers::{Method, Routers};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use support::TempDir;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> (String, String) {
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(out.status.success(), "failed: {se}");
-    (so, se)
-}
-
-/// Exit code 1, a single `error:` line (no panic), and it mentions every `needle`.
-fn fails_with(out: Output, needles: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-    err
-}
+use support::cli::{fails_with_one_line as fails_with, kiln, ok};
 
 /// A synthetic llama (2 layers, hidden 64) in `dir/m`.
 fn gen(dir: &TempDir) -> PathBuf {

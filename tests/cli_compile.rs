@@ -6,28 +6,8 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
 use support::TempDir;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> (String, String) {
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(out.status.success(), "failed: {se}");
-    (so, se)
-}
-
-fn fails_with(out: Output, needles: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-    err
-}
+use support::cli::{fails_with, kiln, ok};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -4,26 +4,14 @@
 mod support;
 
 use serde_json::Value;
-use std::process::{Command, Output};
+use std::process::Output;
+use support::cli::{fails_with, kiln};
 use support::TempDir;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
-}
 
 fn stdout_ok(out: Output) -> String {
     let se = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "failed: {se}");
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn fails_with(out: Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {err}");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
 }
 
 fn text(t: &TempDir) -> String {

@@ -5,19 +5,10 @@
 mod support;
 
 use std::process::{Command, Output, Stdio};
-use support::{workspace_root, TempDir};
+use support::cli::{kiln, ok};
+use support::TempDir;
 
 const TINY: &str = "tests/fixtures/llama_tiny_model.kir";
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(workspace_root()).output().unwrap()
-}
-
-fn ok(out: Output) -> (String, String) {
-    let (so, se) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
-    assert!(out.status.success(), "failed: {se}");
-    (so, se)
-}
 
 fn fails(out: Output) -> String {
     let err = String::from_utf8(out.stderr).unwrap();

@@ -103,15 +103,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     model.forward(&prompt[..prompt.len().min(8)])?;
     model.reset();
+    if args.profile {
+        model.enable_profile();
+    }
     let mut prefill = f64::MAX;
     for _ in 0..args.repeat.max(1) {
         model.reset();
         let t = Instant::now();
         model.forward(&prompt)?;
         prefill = prefill.min(t.elapsed().as_secs_f64());
-    }
-    if args.profile {
-        model.enable_profile();
     }
     let mut decode = f64::MAX;
     for _ in 0..args.repeat.max(1) {

@@ -3,31 +3,14 @@
 //! K/V weights against means and repeats computed here from the checkpoint, logits of a prefill and
 //! two decode steps (bit-identical where the conversion is exact), and the errors.
 
+mod common;
+use common::TempDir;
+
 use kiln_ir::interp::{Interpreter, KvCache, Tensor};
 use kiln_ir::{print, verify, Attr, Attrs, Graph, NodeId, OpKind};
 use kiln_models::{write_synthetic_model, Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
 use kiln_passes::manager::run_pipeline;
 use kiln_passes::{Instrumentation, PassManager, RunReport};
-use std::path::PathBuf;
-
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("kiln-gqa-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A synthetic checkpoint and its lowered graph.
 struct Model {
@@ -37,7 +20,7 @@ struct Model {
 }
 
 fn model(opts: SynthOptions, layers: usize) -> Model {
-    let dir = TempDir::new();
+    let dir = TempDir::new("gqa");
     // The graph is named after the model folder: keep it the same in every run for the snapshots.
     let path = dir.0.join(opts.arch.name());
     write_synthetic_model(&opts, &path).unwrap();

@@ -4,6 +4,9 @@
 //! and decodes by the threshold, a snapshot of the rewritten IR, and the errors — all before the
 //! graph changes.
 
+mod common;
+use common::TempDir;
+
 use kiln_ir::interp::testing::SplitMix64;
 use kiln_ir::interp::{Interpreter, KvCache, Overlay, Tensor};
 use kiln_ir::{print, Graph};
@@ -13,26 +16,6 @@ use kiln_passes::routers::{LayerRouter, Method, Routers, QUANTILE_COUNT};
 use kiln_passes::{Instrumentation, PassManager, RunReport};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// A fresh folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("kiln-mod-test-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const HIDDEN: usize = 64;
 const VOCAB: u64 = 320;
@@ -46,7 +29,7 @@ struct Model {
 }
 
 fn model(layers: usize) -> Model {
-    let dir = TempDir::new();
+    let dir = TempDir::new("mod");
     // The graph is named after the folder: keep it fixed for the snapshot.
     let path = dir.0.join("llama");
     let opts = SynthOptions { layers: Some(layers), ..SynthOptions::defaults(Arch::Llama) };

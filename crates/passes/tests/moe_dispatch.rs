@@ -2,35 +2,12 @@
 //! the dense `moe` op through a prefill and decode steps, no `moe` op is left, `-O2` still applies
 //! afterwards, and a snapshot of the one-layer IR.
 
+mod common;
+use common::TempDir;
+
 use kiln_ir::{print, verify, Graph, OpKind};
 use kiln_models::{write_synthetic_model, Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
 use kiln_passes::manager::run_pipeline;
-use std::path::PathBuf;
-
-/// A folder under the temp dir, removed on drop. The checkpoint goes into its `model` subfolder so
-/// that the graph's name (the folder's name) is the same on every run.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("kiln-moe-dispatch-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn model(&self) -> PathBuf {
-        self.0.join("model")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn mixtral(tag: &str) -> (TempDir, Checkpoint) {
     let dir = TempDir::new(tag);

@@ -4,43 +4,20 @@
 //! row; `moe-dispatch` after it changes no bit; bad options and graphs are errors that leave the
 //! graph alone; and a snapshot of the one-layer IR. The balanced k-means is tested here too.
 
+mod common;
+use common::TempDir;
+
 use kiln_ir::interp::WeightSource;
 use kiln_ir::{parse, print, verify, Graph, OpKind};
 use kiln_models::{write_synthetic_model, Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
 use kiln_passes::manager::run_pipeline;
 use kiln_passes::passes::moefy::kmeans::{balanced_kmeans, mean_distance, random_partition, KMeansOptions};
 use kiln_passes::{Instrumentation, PassCx, PassManager, RunReport};
-use std::path::PathBuf;
 
 /// Synthetic llama's intermediate size, and the expert count used throughout (32 neurons each).
 const INTERMEDIATE: usize = 128;
 const HIDDEN: usize = 64;
 const EXPERTS: usize = 4;
-
-/// A folder under the temp dir, removed on drop. The checkpoint goes into its `model` subfolder so
-/// that the graph's name (the folder's name) is the same on every run.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("kiln-moefy-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn model(&self) -> PathBuf {
-        self.0.join("model")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn checkpoint(tag: &str, arch: Arch) -> (TempDir, Checkpoint) {
     let dir = TempDir::new(tag);

@@ -228,25 +228,7 @@ impl<'ctx> KernelCx<'ctx> {
         step: i64,
         mut body: impl FnMut(IntValue<'ctx>) -> Result<()>,
     ) -> Result<()> {
-        let f = self.builder.get_insert_block().and_then(|b| b.get_parent()).expect("inside a function");
-        let pre = self.builder.get_insert_block().expect("a block");
-        let head = self.context.append_basic_block(f, "loop");
-        let body_bb = self.context.append_basic_block(f, "body");
-        let exit = self.context.append_basic_block(f, "exit");
-        self.builder.build_unconditional_branch(head).map_err(llvm_err)?;
-        self.builder.position_at_end(head);
-        let i = self.builder.build_phi(self.i64(), "i").map_err(llvm_err)?;
-        i.add_incoming(&[(&start, pre)]);
-        let iv = i.as_basic_value().into_int_value();
-        let go = self.builder.build_int_compare(IntPredicate::SLT, iv, end, "go").map_err(llvm_err)?;
-        self.builder.build_conditional_branch(go, body_bb, exit).map_err(llvm_err)?;
-        self.builder.position_at_end(body_bb);
-        body(iv)?;
-        let next = self.builder.build_int_add(iv, self.c64(step), "next").map_err(llvm_err)?;
-        let latch = self.builder.get_insert_block().expect("a block");
-        self.builder.build_unconditional_branch(head).map_err(llvm_err)?;
-        i.add_incoming(&[(&next, latch)]);
-        self.builder.position_at_end(exit);
+        self.for_range_acc(start, end, step, &[], |i, _| body(i).map(|()| Vec::new()))?;
         Ok(())
     }
 

@@ -18,11 +18,14 @@ struct Job {
 }
 
 struct Shared {
+    /// Bumped (under the `job` lock) for every call that needs the workers.
     generation: AtomicU64,
     done: AtomicUsize,
     quit: AtomicBool,
     job: Mutex<Job>,
     wake: Condvar,
+    /// Workers asleep on `wake` (changed under the `job` lock), so a call notifies only when needed.
+    sleepers: AtomicUsize,
 }
 
 // SAFETY: the raw pointers in `Job` are only dereferenced by kernels during a call, while the
@@ -36,8 +39,9 @@ pub struct Pool {
     threads: usize,
 }
 
-/// Spins before sleeping: long enough to cover the gap between two kernel calls.
-const SPINS: u32 = 20_000;
+/// Spins before sleeping: long enough to cover the gap between two kernel calls and between two
+/// decode steps (sampling, detokenizing), short enough not to burn a core when idle.
+const SPINS: u32 = 200_000;
 
 fn range(tasks: i64, parts: i64, i: i64) -> (i64, i64) {
     let per = tasks / parts;
@@ -55,6 +59,7 @@ impl Pool {
             quit: AtomicBool::new(false),
             job: Mutex::new(Job { f: None, dims: std::ptr::null(), bufs: std::ptr::null(), tasks: 0, parts: 1 }),
             wake: Condvar::new(),
+            sleepers: AtomicUsize::new(0),
         });
         let workers = (1..threads)
             .map(|index| {
@@ -84,13 +89,17 @@ impl Pool {
             }
             return;
         }
-        {
+        self.shared.done.store(0, Ordering::Release);
+        let sleeping = {
             let mut job = self.shared.job.lock().expect("pool lock");
             *job = Job { f: Some(f), dims: dims.as_ptr(), bufs: bufs.as_ptr(), tasks, parts };
+            // Bumped under the lock: a worker about to sleep either sees it or is already waiting.
+            self.shared.generation.fetch_add(1, Ordering::AcqRel);
+            self.shared.sleepers.load(Ordering::Acquire)
+        };
+        if sleeping > 0 {
+            self.shared.wake.notify_all();
         }
-        self.shared.done.store(0, Ordering::Release);
-        self.shared.generation.fetch_add(1, Ordering::AcqRel);
-        self.shared.wake.notify_all();
         let (b, e) = range(tasks, parts, 0);
         f(dims.as_ptr(), bufs.as_ptr(), b, e);
         // Workers with an index ≥ parts have nothing to do but still check in.
@@ -118,10 +127,13 @@ fn worker(shared: &Shared, index: i64) {
             if spins < SPINS {
                 std::hint::spin_loop();
             } else {
-                let job = shared.job.lock().expect("pool lock");
-                if shared.generation.load(Ordering::Acquire) == seen && !shared.quit.load(Ordering::Acquire) {
-                    let _unused = shared.wake.wait_timeout(job, std::time::Duration::from_millis(50));
+                let mut job = shared.job.lock().expect("pool lock");
+                shared.sleepers.fetch_add(1, Ordering::AcqRel);
+                while shared.generation.load(Ordering::Acquire) == seen && !shared.quit.load(Ordering::Acquire) {
+                    job = shared.wake.wait(job).expect("pool lock");
                 }
+                shared.sleepers.fetch_sub(1, Ordering::AcqRel);
+                drop(job);
                 spins = 0;
             }
         }
@@ -139,7 +151,10 @@ fn worker(shared: &Shared, index: i64) {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shared.quit.store(true, Ordering::Release);
+        {
+            let _job = self.shared.job.lock().expect("pool lock");
+            self.shared.quit.store(true, Ordering::Release);
+        }
         self.shared.wake.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
