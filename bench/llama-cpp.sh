@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="$root/.cache/bench"
-version="${LLAMA_CPP_PYTHON_VERSION:-0.3.16}"
+version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 src="$cache/llama_cpp_python-$version"
 build="$cache/llama.cpp-build-$version"
 mkdir -p "$cache"
@@ -20,7 +20,10 @@ if [[ ! -d "$src" ]]; then
     echo "downloading the llama-cpp-python $version sdist" >&2
     # `pip download` would build the package's metadata (needing its build backend); fetch the
     # sdist file itself, found through PyPI's JSON API.
-    url="$(python3 -c 'import json,sys,urllib.request; d=json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json")); print(next(u["url"] for u in d["urls"] if u["packagetype"]=="sdist"))' "$version")"
+    url="$(python3 -c 'import json,sys,urllib.request,urllib.parse
+api = "https://pypi.org/pypi/llama-cpp-python/json"
+d = json.load(urllib.request.urlopen(api))
+print(urllib.parse.urljoin(api, next(u["url"] for u in d["releases"][sys.argv[1]] if u["packagetype"] == "sdist")))' "$version")"
     python3 -c 'import sys,urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$url" "$cache/llama_cpp_python-$version.tar.gz"
     tar -xzf "$cache/llama_cpp_python-$version.tar.gz" -C "$cache"
 fi

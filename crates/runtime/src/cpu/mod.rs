@@ -12,17 +12,22 @@ use std::path::Path;
 
 /// One KV-cache slot: keys and values `[capacity, kv_heads, head_dim]`, positions `[capacity]`.
 struct KvStore {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    /// Owners of the memory `ptrs` point into.
+    _keys: Vec<f32>,
+    _values: Vec<f32>,
     positions: Vec<i32>,
+    /// Pointers to the three arrays, taken once (kernels write through them; the arrays are never
+    /// resized).
+    ptrs: [*mut u8; 3],
     len: usize,
     scratch: bool,
 }
 
 /// Where a buffer's memory is.
 enum Memory {
-    /// Owned scratch memory (u64 words for alignment).
-    Owned(Vec<u64>),
+    /// Owned scratch memory (u64 words for alignment), allocated once at load and never resized,
+    /// and a pointer to it taken then (kernels write through it).
+    Owned(#[allow(dead_code)] Vec<u64>, *mut u8),
     /// Bytes of the memory-mapped weight file.
     Weight(*const u8),
     /// Another buffer's memory plus an element offset (evaluated per call).
@@ -83,7 +88,9 @@ impl CpuModel {
             memory.push(match &b.storage {
                 Storage::Activation => {
                     let bytes = b.elems.eval(&maxima).max(1) as usize * b.elem.size();
-                    Memory::Owned(vec![0u64; bytes.div_ceil(8)])
+                    let mut v = vec![0u64; bytes.div_ceil(8)];
+                    let p = v.as_mut_ptr() as *mut u8;
+                    Memory::Owned(v, p)
                 }
                 Storage::Weight { tensor } => {
                     let bytes = art.weights.bytes(tensor).ok_or_else(|| {
@@ -105,16 +112,9 @@ impl CpuModel {
         let mut caches = HashMap::new();
         for s in &m.kv_slots {
             let n = m.max_context * s.kv_heads * s.head_dim;
-            caches.insert(
-                s.slot,
-                KvStore {
-                    keys: vec![0.0; n],
-                    values: vec![0.0; n],
-                    positions: vec![0; m.max_context],
-                    len: 0,
-                    scratch: s.scratch,
-                },
-            );
+            let (mut keys, mut values, mut positions) = (vec![0f32; n], vec![0f32; n], vec![0i32; m.max_context]);
+            let ptrs = [keys.as_mut_ptr() as *mut u8, values.as_mut_ptr() as *mut u8, positions.as_mut_ptr() as *mut u8];
+            caches.insert(s.slot, KvStore { _keys: keys, _values: values, positions, ptrs, len: 0, scratch: s.scratch });
         }
         let find = |list: &[crate::artifact::manifest::NamedBuffer], name: &str| {
             list.iter().find(|b| b.name == name).map(|b| b.buffer).ok_or_else(|| {
@@ -205,10 +205,10 @@ impl CpuModel {
         Ok(logits)
     }
 
-    fn ptr(&mut self, b: usize) -> *mut u8 {
+    fn ptr(&self, b: usize) -> *mut u8 {
         let spec = &self.art.manifest.buffers[b];
-        match &mut self.memory[b] {
-            Memory::Owned(v) => v.as_mut_ptr() as *mut u8,
+        match &self.memory[b] {
+            Memory::Owned(_, p) => *p,
             Memory::Weight(p) => *p as *mut u8,
             Memory::Alias(of) => {
                 let of = *of;
@@ -252,14 +252,13 @@ impl CpuModel {
             dims.extend(step.dims.iter().map(|d| d.eval(&self.symbols)));
             let tasks = step.tasks.eval(&self.symbols);
             let (kernel, binds, appends) = (step.kernel, step.binds, step.appends_to);
-            let args = step.bufs.clone();
             bufs.clear();
-            for a in &args {
+            for a in &step.bufs {
                 bufs.push(match a {
                     BufArg::Buffer { id } => self.ptr(*id),
-                    BufArg::CacheKeys { slot } => self.cache(*slot)?.keys.as_mut_ptr() as *mut u8,
-                    BufArg::CacheValues { slot } => self.cache(*slot)?.values.as_mut_ptr() as *mut u8,
-                    BufArg::CachePositions { slot } => self.cache(*slot)?.positions.as_mut_ptr() as *mut u8,
+                    BufArg::CacheKeys { slot } => self.cache_ref(*slot)?.ptrs[0],
+                    BufArg::CacheValues { slot } => self.cache_ref(*slot)?.ptrs[1],
+                    BufArg::CachePositions { slot } => self.cache_ref(*slot)?.ptrs[2],
                     BufArg::Null => std::ptr::null_mut(),
                 });
             }
@@ -305,6 +304,10 @@ impl CpuModel {
         let all = unsafe { std::slice::from_raw_parts(p, n) };
         let vocab = self.art.manifest.model.vocab_size;
         Ok(all[n.saturating_sub(vocab)..].to_vec())
+    }
+
+    fn cache_ref(&self, slot: usize) -> Result<&KvStore> {
+        self.caches.get(&slot).ok_or_else(|| exec_err(format!("the program uses KV-cache slot {slot}, which it does not declare")))
     }
 
     fn cache(&mut self, slot: usize) -> Result<&mut KvStore> {
