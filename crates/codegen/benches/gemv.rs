@@ -18,22 +18,32 @@ type KernelFnPtr = unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64);
 
 /// Bytes the cold runs spread their weight copies over: well past the last-level cache.
 const COLD_BYTES: usize = 2 << 30;
-const PASSES: usize = 5;
+/// Measurements per number; the best is reported.
+const ROUNDS: usize = 5;
 /// Each timed pass runs at least this long.
-const PASS_TIME: Duration = Duration::from_millis(60);
+const PASS_TIME: Duration = Duration::from_millis(50);
 
 const SHAPES: [(usize, usize); 3] = [(1536, 576), (576, 1536), (49152, 576)];
+/// A prompt-processing matmul, for a look at the M > 1 tiles.
+const PREFILL_SHAPE: (usize, usize) = (1536, 576);
+const PREFILL_ROWS: usize = 64;
 const FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];
 
 fn main() {
     let target = kiln_codegen::host_machine().expect("host target");
-    println!("host: {} ({})", target.cpu, kiln_codegen::kernels::target_lanes(&target) * 32);
+    let lanes = kiln_codegen::kernels::target_lanes(&target);
+    println!("host: {} ({}-bit vectors), one thread", target.cpu, lanes * 32);
     let mut arena = vec![0u8; COLD_BYTES];
-    let stream = stream_read(&mut arena);
-    println!("STREAM-style read of {} MiB: {stream:.1} GB/s (best of {PASSES})\n", COLD_BYTES >> 20);
+    fill_f32(&mut arena);
+    let (plain, prefetched) = (stream_read(&arena, false), stream_read(&arena, true));
+    println!(
+        "read of {} MiB: {plain:.1} GB/s plain loads, {prefetched:.1} GB/s with software prefetch (best of {ROUNDS})",
+        COLD_BYTES >> 20
+    );
+    println!("'% read' compares each cold GEMV with the better read, measured in turns with it.\n");
 
-    let kernels: Vec<(String, KernelSpec)> = FORMATS
+    let mut kernels: Vec<(String, KernelSpec)> = FORMATS
         .iter()
         .flat_map(|&format| SHAPES.iter().map(move |&(n, k)| (format, n, k)))
         .map(|(format, n, k)| {
@@ -41,13 +51,18 @@ fn main() {
             (format!("gemv_{}_{n}_{k}", format.name()), spec)
         })
         .collect();
+    let (prefill_n, prefill_k) = PREFILL_SHAPE;
+    for format in FORMATS {
+        let spec = KernelSpec::Matmul { format, n: prefill_n, k: prefill_k, bias: false, cols_per_task: COLS_PER_TASK };
+        kernels.push((format!("prefill_{}", format.name()), spec));
+    }
     let lib = Library::compile(&kernels);
 
     println!(
         "{:<6} {:>6} {:>5} {:>9} | {:>9} {:>7} {:>7} | {:>9} {:>7}",
         "format", "N", "K", "weight MB", "cold µs", "GB/s", "% read", "hot µs", "GB/s"
     );
-    for (name, spec) in &kernels {
+    for (name, spec) in kernels.iter().filter(|(name, _)| name.starts_with("gemv_")) {
         let KernelSpec::Matmul { format, n, k, .. } = *spec else { unreachable!() };
         let f = lib.get(name);
         let bytes = format.row_bytes(k) * n;
@@ -59,13 +74,25 @@ fn main() {
         let mut a = pseudo_random(k);
         let mut out = vec![0.0f32; n];
         let tasks = n.div_ceil(COLS_PER_TASK) as i64;
+        let w = arena.as_mut_ptr();
         let mut call = |copy: usize| {
-            let bufs = [a.as_mut_ptr() as *mut u8, arena[copy * bytes..].as_mut_ptr(), std::ptr::null_mut(), out.as_mut_ptr() as *mut u8];
+            // SAFETY: copy < copies, so the weights lie inside the arena.
+            let bufs = [
+                a.as_mut_ptr() as *mut u8,
+                unsafe { w.add(copy * bytes) },
+                std::ptr::null_mut(),
+                out.as_mut_ptr() as *mut u8,
+            ];
             // SAFETY: a [1, K], w [N, K] packed, out [1, N]: the Matmul contract for dims [1].
             unsafe { f([1i64].as_ptr(), bufs.as_ptr(), 0, tasks) };
         };
-        let cold = best_time_per_call(|i| call(i % copies));
-        let hot = best_time_per_call(|_| call(0));
+        // Turns of (read, cold GEMV) so both see the same machine load; the best of each.
+        let (mut read, mut cold) = (0.0f64, f64::INFINITY);
+        for _ in 0..ROUNDS {
+            read = read.max(stream_read(&arena, true).max(stream_read(&arena, false)));
+            cold = cold.min(time_per_call(|i| call(i % copies)));
+        }
+        let hot = (0..ROUNDS).map(|_| time_per_call(|_| call(0))).fold(f64::INFINITY, f64::min);
         let gbs = |t: f64| bytes as f64 / t / 1e9;
         println!(
             "{:<6} {:>6} {:>5} {:>9.2} | {:>9.1} {:>7.1} {:>6.0}% | {:>9.1} {:>7.1}",
@@ -75,57 +102,67 @@ fn main() {
             bytes as f64 / 1e6,
             cold * 1e6,
             gbs(cold),
-            100.0 * gbs(cold) / stream,
+            100.0 * gbs(cold) / read,
             hot * 1e6,
             gbs(hot)
         );
     }
+
+    let m = PREFILL_ROWS;
+    println!("\nprefill (M = {m}, N = {prefill_n}, K = {prefill_k}, weights in cache): 4×4 register tiles");
+    println!("{:<6} {:>9} {:>8}", "format", "µs", "GFLOP/s");
+    for format in FORMATS {
+        let f = lib.get(&format!("prefill_{}", format.name()));
+        let mut w = pack(format, prefill_n, prefill_k, &pseudo_random(prefill_n * prefill_k)).expect("pack");
+        let mut a = pseudo_random(m * prefill_k);
+        let mut out = vec![0.0f32; m * prefill_n];
+        let bufs = [a.as_mut_ptr() as *mut u8, w.as_mut_ptr(), std::ptr::null_mut(), out.as_mut_ptr() as *mut u8];
+        let tasks = prefill_n.div_ceil(COLS_PER_TASK) as i64;
+        // SAFETY: a [M, K], w [N, K] packed, out [M, N]: the Matmul contract for dims [M].
+        let t = (0..ROUNDS)
+            .map(|_| time_per_call(|_| unsafe { f([m as i64].as_ptr(), bufs.as_ptr(), 0, tasks) }))
+            .fold(f64::INFINITY, f64::min);
+        let flops = 2.0 * (m * prefill_n * prefill_k) as f64;
+        println!("{:<6} {:>9.1} {:>8.1}", format.name(), t * 1e6, flops / t / 1e9);
+    }
 }
 
-/// Best (smallest) seconds per call over [`PASSES`] passes; `run(i)` makes call number i.
-fn best_time_per_call(mut run: impl FnMut(usize)) -> f64 {
-    for i in 0..8 {
+/// Seconds per call over one timed pass of at least [`PASS_TIME`]; `run(i)` makes call number i.
+fn time_per_call(mut run: impl FnMut(usize)) -> f64 {
+    for i in 0..4 {
         run(i); // warm up: page in, train predictors
     }
-    let mut best = f64::INFINITY;
-    let mut i = 0;
-    for _ in 0..PASSES {
-        let start = Instant::now();
-        let mut calls = 0;
-        while start.elapsed() < PASS_TIME {
-            run(i);
-            i += 1;
-            calls += 1;
-        }
-        best = best.min(start.elapsed().as_secs_f64() / calls as f64);
+    let start = Instant::now();
+    let mut calls = 0;
+    while start.elapsed() < PASS_TIME {
+        run(calls);
+        calls += 1;
     }
-    best
+    start.elapsed().as_secs_f64() / calls as f64
 }
 
-/// GB/s of a read-only pass summing `buf` with wide vector loads and independent accumulators.
-fn stream_read(buf: &mut [u8]) -> f64 {
-    let floats: Vec<f32> = pseudo_random(buf.len() / 4);
-    for (chunk, x) in buf.chunks_exact_mut(4).zip(&floats) {
+fn fill_f32(buf: &mut [u8]) {
+    let values = pseudo_random(buf.len() / 4);
+    for (chunk, x) in buf.chunks_exact_mut(4).zip(values) {
         chunk.copy_from_slice(&x.to_le_bytes());
     }
-    drop(floats);
-    let mut best = f64::INFINITY;
-    let mut sink = 0.0;
-    for _ in 0..PASSES {
-        let start = Instant::now();
-        sink += sum_bytes_as_f32(buf);
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(sink);
-    buf.len() as f64 / best / 1e9
 }
 
-fn sum_bytes_as_f32(buf: &[u8]) -> f32 {
+/// GB/s of one read-only pass summing `buf` as f32 with wide loads and independent accumulators,
+/// optionally prefetching ahead in software as the kernels do.
+fn stream_read(buf: &[u8], prefetch: bool) -> f64 {
+    let start = Instant::now();
+    std::hint::black_box(sum_bytes_as_f32(buf, prefetch));
+    buf.len() as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn sum_bytes_as_f32(buf: &[u8], prefetch: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F.
-        return unsafe { sum_avx512(buf) };
+        return unsafe { sum_avx512(buf, prefetch) };
     }
+    let _ = prefetch;
     // Eight independent lanes the compiler keeps in vector registers.
     let mut acc = [0.0f32; 8];
     for chunk in buf.chunks_exact(32) {
@@ -138,15 +175,22 @@ fn sum_bytes_as_f32(buf: &[u8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn sum_avx512(buf: &[u8]) -> f32 {
+unsafe fn sum_avx512(buf: &[u8], prefetch: bool) -> f32 {
     use std::arch::x86_64::*;
+    const AHEAD: usize = 8192;
     let mut acc = [_mm512_setzero_ps(); 8];
-    let p = buf.as_ptr() as *const f32;
-    let blocks = buf.len() / (64 * 8);
+    let p = buf.as_ptr();
+    let blocks = buf.len() / 512;
     for b in 0..blocks {
+        if prefetch {
+            for line in 0..8 {
+                // Past the end is fine: prefetches never fault.
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(b * 512 + line * 64 + AHEAD) as *const i8);
+            }
+        }
         for (j, a) in acc.iter_mut().enumerate() {
             // SAFETY: block b's eight 64-byte vectors lie inside buf.
-            *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add((b * 8 + j) * 16)) });
+            *a = _mm512_add_ps(*a, unsafe { _mm512_loadu_ps(p.add(b * 512 + j * 64) as *const f32) });
         }
     }
     acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()

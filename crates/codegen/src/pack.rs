@@ -23,7 +23,7 @@ fn shape_error(op: &str, format: WeightFormat, rows: usize, k: usize, message: S
 
 /// Checks K against the format's block and returns the packed size in bytes.
 fn packed_len(op: &str, format: WeightFormat, rows: usize, k: usize) -> Result<usize> {
-    if k % format.block() != 0 {
+    if !k.is_multiple_of(format.block()) {
         let message = format!("K = {k} is not a multiple of the {}-element block", format.block());
         return Err(shape_error(op, format, rows, k, message));
     }

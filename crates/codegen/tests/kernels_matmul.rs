@@ -53,17 +53,112 @@ fn reference(a: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: 
     (out, mag)
 }
 
-/// Runs one matmul kernel for every task split and checks it against the reference.
+/// Kernels compiled for the host with a chosen vector width, so the AVX2 (8 lanes) and SSE (4
+/// lanes) code paths are tested on an AVX-512 machine too.
+struct LanesLib {
+    lib: libloading::Library,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for LanesLib {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn build_with_lanes(kernels: &[(&str, KernelSpec)], lanes: u32) -> LanesLib {
+    let target = kiln_codegen::host_machine().unwrap();
+    let context = kiln_codegen::inkwell::context::Context::create();
+    let cx = KernelCx::new(&context, "lanes", lanes);
+    for (name, spec) in kernels {
+        kiln_codegen::kernels::emit_kernel(&cx, name, spec).unwrap();
+    }
+    kiln_codegen::optimize(&cx.module, &target, kiln_codegen::DEFAULT_PIPELINE).unwrap();
+    let object = kiln_codegen::emit_object(&cx.module, &target).unwrap();
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("kiln-matmul-lanes-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let so = dir.join("k.so");
+    kiln_codegen::link::link_shared(&object, &so).unwrap();
+    // SAFETY: freshly linked kernels without initializers.
+    LanesLib { lib: unsafe { libloading::Library::new(&so) }.unwrap(), dir }
+}
+
+/// A loaded kernel library: the harness's, or one built with a chosen vector width.
+enum Lib {
+    Host(kiln_codegen::kernels::testing::TestLib),
+    Lanes(LanesLib),
+}
+
+impl Lib {
+    fn new(kernels: &[(&str, KernelSpec)], lanes: Option<u32>) -> Lib {
+        match lanes {
+            None => Lib::Host(build(kernels).unwrap()),
+            Some(lanes) => Lib::Lanes(build_with_lanes(kernels, lanes)),
+        }
+    }
+
+    /// Runs tasks `0..tasks` in `splits` ranges, last range first.
+    ///
+    /// # Safety
+    /// As [`kiln_codegen::kernels::testing::TestLib::call`].
+    unsafe fn call(&self, name: &str, dims: &[i64], bufs: &[*mut u8], tasks: i64, splits: i64) {
+        type KernelFnPtr = unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64);
+        match self {
+            Lib::Host(lib) => lib.call(name, dims, bufs, tasks, splits),
+            Lib::Lanes(lib) => {
+                let f: libloading::Symbol<KernelFnPtr> = lib.lib.get(name.as_bytes()).unwrap();
+                let splits = splits.clamp(1, tasks.max(1));
+                let per = (tasks + splits - 1) / splits;
+                let starts: Vec<i64> = (0..tasks).step_by(per.max(1) as usize).collect();
+                for &b in starts.iter().rev() {
+                    f(dims.as_ptr(), bufs.as_ptr(), b, (b + per).min(tasks));
+                }
+            }
+        }
+    }
+}
+
+/// One matmul kernel to check: its spec's fields, the rows to run it on, and a data seed.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    format: WeightFormat,
+    m: usize,
+    n: usize,
+    k: usize,
+    bias: bool,
+    cols_per_task: usize,
+    seed: u64,
+}
+
+impl Case {
+    fn spec(&self) -> KernelSpec {
+        let Case { format, n, k, bias, cols_per_task, .. } = *self;
+        KernelSpec::Matmul { format, n, k, bias, cols_per_task }
+    }
+}
+
+/// Compiles one matmul kernel (at `lanes`, or the host's vector width) and checks it.
+fn check_matmul_lanes(case: Case, lanes: Option<u32>) {
+    let lib = Lib::new(&[("mm", case.spec())], lanes);
+    check_matmul_in(&lib, "mm", case);
+}
+
 fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, cols_per_task: usize, seed: u64) {
+    check_matmul_lanes(Case { format, m, n, k, bias, cols_per_task, seed }, None);
+}
+
+/// Runs kernel `name` of `lib` (compiled from `case.spec()`) for every task split and checks it
+/// against the reference.
+fn check_matmul_in(lib: &Lib, name: &str, case: Case) {
+    let Case { format, m, n, k, bias, cols_per_task, seed } = case;
     let mut rng = Rng(seed);
     let a = rng.vec(m * k);
     let packed = pack(format, n, k, &rng.vec(n * k)).unwrap();
     let w = unpack(format, n, k, &packed).unwrap();
     let bias_v = rng.vec(n);
     let (want, mag) = reference(&a, &w, bias.then_some(&bias_v[..]), m, n, k);
-
-    let spec = KernelSpec::Matmul { format, n, k, bias, cols_per_task };
-    let lib = build(&[("mm", spec)]).unwrap();
     let tasks = n.div_ceil(cols_per_task) as i64;
     for splits in [1, 3, 7] {
         let mut a_buf = a.clone();
@@ -74,7 +169,7 @@ fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, 
         let b_ptr = if bias { ptr(&mut b_buf) } else { std::ptr::null_mut() };
         // SAFETY: buffers match the Matmul contract for dims [m].
         unsafe {
-            lib.call("mm", &[m as i64], &[ptr(&mut a_buf), ptr(&mut w_buf), b_ptr, ptr(&mut out)], tasks, splits)
+            lib.call(name, &[m as i64], &[ptr(&mut a_buf), ptr(&mut w_buf), b_ptr, ptr(&mut out)], tasks, splits)
         };
         for (idx, (&got, (&want, &mag))) in out.iter().zip(want.iter().zip(&mag)).enumerate() {
             let err = (f64::from(got) - want).abs();
@@ -82,8 +177,7 @@ fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, 
             // unit roundoff 6e-8, so the error is far below 1e-5 of the magnitude sum.
             assert!(
                 err <= 1e-5 * mag.max(1e-30),
-                "{} m={m} n={n} k={k} bias={bias} cpt={cols_per_task} splits={splits}: out[{}][{}] = {got}, want {want} (|err| {err:e}, scale {mag:e})",
-                format.name(),
+                "{name} {case:?} splits={splits}: out[{}][{}] = {got}, want {want} (|err| {err:e}, scale {mag:e})",
                 idx / n,
                 idx % n
             );
@@ -93,12 +187,26 @@ fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, 
 
 #[test]
 fn matmul_matches_reference_for_every_format_and_shape() {
+    // One library per format holding every (N, K, bias) kernel; M is a run-time size.
     let mut seed = 1;
     for format in FORMATS {
+        let mut cases = Vec::new();
         for k in [32, 64, 96, 576] {
-            for (m, n, bias) in [(1, 1, false), (1, 7, true), (3, 64, false), (17, 100, true), (1, 100, false)] {
+            for n in [1, 7, 64, 100] {
+                for bias in [false, true] {
+                    cases.push((
+                        format!("mm_{n}_{k}_{bias}"),
+                        Case { format, m: 0, n, k, bias, cols_per_task: COLS_PER_TASK, seed: 0 },
+                    ));
+                }
+            }
+        }
+        let specs: Vec<(&str, KernelSpec)> = cases.iter().map(|(name, case)| (name.as_str(), case.spec())).collect();
+        let lib = Lib::new(&specs, None);
+        for (name, case) in &cases {
+            for m in [1, 3, 17] {
                 seed += 1;
-                check_matmul(format, m, n, k, bias, COLS_PER_TASK, seed);
+                check_matmul_in(&lib, name, Case { m, seed, ..*case });
             }
         }
     }
@@ -124,15 +232,32 @@ fn matmul_column_block_sizes_do_not_change_results() {
 }
 
 #[test]
+fn narrower_vector_units_give_the_same_results() {
+    // The AVX2 and SSE code paths (8 and 4 lanes: Q4_0 without the 16-entry table lookup).
+    for lanes in [8, 4] {
+        for (i, format) in FORMATS.into_iter().enumerate() {
+            let seed = 300 + 10 * i as u64;
+            let case = Case { format, m: 1, n: 7, k: 96, bias: true, cols_per_task: 4, seed };
+            check_matmul_lanes(case, Some(lanes));
+            check_matmul_lanes(
+                Case { m: 6, n: 9, k: 64, bias: false, cols_per_task: 16, seed: seed + 1, ..case },
+                Some(lanes),
+            );
+            if format.block() == 1 {
+                check_matmul_lanes(Case { m: 5, n: 6, k: 13, cols_per_task: 2, seed: seed + 2, ..case }, Some(lanes));
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_with_zero_rows_writes_nothing() {
     let spec = KernelSpec::Matmul { format: WeightFormat::F16, n: 8, k: 32, bias: false, cols_per_task: 4 };
     let lib = build(&[("mm", spec)]).unwrap();
     let mut w = pack(WeightFormat::F16, 8, 32, &[1.0; 256]).unwrap();
     let mut sentinel = [7.0f32; 4];
     // SAFETY: M = 0: no activation or output element is touched.
-    unsafe {
-        lib.call("mm", &[0], &[ptr(&mut sentinel), ptr(&mut w), std::ptr::null_mut(), ptr(&mut sentinel)], 2, 2)
-    };
+    unsafe { lib.call("mm", &[0], &[ptr(&mut sentinel), ptr(&mut w), std::ptr::null_mut(), ptr(&mut sentinel)], 2, 2) };
     assert_eq!(sentinel, [7.0; 4]);
 }
 
@@ -150,36 +275,46 @@ fn matmul_rejects_bad_specs() {
 #[test]
 fn embedding_matches_unpacked_rows_and_zeros_bad_ids() {
     let (vocab, mut seed) = (37, 50);
+    // The host's vector width on several sizes; the AVX2/SSE paths on a block and a tail.
+    let cases: [(Option<u32>, Vec<usize>); 3] =
+        [(None, vec![32, 64, 576, 35]), (Some(8), vec![64, 35]), (Some(4), vec![64, 35])];
     for format in FORMATS {
-        for dim in [32, 64, 576, 35] {
-            if dim % format.block() != 0 {
-                continue;
-            }
-            seed += 1;
-            let mut rng = Rng(seed);
-            let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim)).unwrap();
-            let rows = unpack(format, vocab, dim, &table).unwrap();
-            let spec = KernelSpec::Embedding { format, vocab, dim };
-            let lib = build(&[("emb", spec)]).unwrap();
-            let mut ids: Vec<i32> = vec![0, 36, 5, -1, 37, 5, i32::MAX, i32::MIN, 12];
-            for splits in [1, 3, 7] {
-                let mut out = vec![f32::NAN; ids.len() * dim];
-                // SAFETY: buffers match the Embedding contract for dims [ids.len()].
-                unsafe {
-                    lib.call(
-                        "emb",
-                        &[ids.len() as i64],
-                        &[ptr(&mut table), ptr(&mut ids), ptr(&mut out)],
-                        ids.len() as i64,
-                        splits,
-                    )
-                };
-                for (r, &id) in ids.iter().enumerate() {
-                    let got = &out[r * dim..(r + 1) * dim];
-                    let ok = (0..vocab as i64).contains(&i64::from(id));
-                    let want: Vec<f32> =
-                        if ok { rows[id as usize * dim..(id as usize + 1) * dim].to_vec() } else { vec![0.0; dim] };
-                    assert_eq!(got, &want[..], "{} dim={dim} id={id} splits={splits}", format.name());
+        for (lanes, dims) in &cases {
+            for &dim in dims {
+                if !dim.is_multiple_of(format.block()) {
+                    continue;
+                }
+                seed += 1;
+                let mut rng = Rng(seed);
+                let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim)).unwrap();
+                let rows = unpack(format, vocab, dim, &table).unwrap();
+                let spec = KernelSpec::Embedding { format, vocab, dim };
+                let lib = Lib::new(&[("emb", spec)], *lanes);
+                let mut ids: Vec<i32> = vec![0, 36, 5, -1, 37, 5, i32::MAX, i32::MIN, 12];
+                for splits in [1, 3, 7] {
+                    let mut out = vec![f32::NAN; ids.len() * dim];
+                    // SAFETY: buffers match the Embedding contract for dims [ids.len()].
+                    unsafe {
+                        lib.call(
+                            "emb",
+                            &[ids.len() as i64],
+                            &[ptr(&mut table), ptr(&mut ids), ptr(&mut out)],
+                            ids.len() as i64,
+                            splits,
+                        )
+                    };
+                    for (r, &id) in ids.iter().enumerate() {
+                        let got = &out[r * dim..(r + 1) * dim];
+                        let ok = (0..vocab as i64).contains(&i64::from(id));
+                        let want: Vec<f32> =
+                            if ok { rows[id as usize * dim..(id as usize + 1) * dim].to_vec() } else { vec![0.0; dim] };
+                        assert_eq!(
+                            got,
+                            &want[..],
+                            "{} lanes={lanes:?} dim={dim} id={id} splits={splits}",
+                            format.name()
+                        );
+                    }
                 }
             }
         }

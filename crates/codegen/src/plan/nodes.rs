@@ -10,8 +10,7 @@ use kiln_ir::op::rope::RopeSpec;
 use kiln_ir::{DType, NodeId, OpKind, TensorType};
 use kiln_runtime::artifact::manifest::{BufArg, DimExpr, ElemType, KvSlotSpec, Storage};
 
-/// Output columns per matmul task (each task computes all rows of its block of columns).
-pub const MATMUL_COLS_PER_TASK: usize = 16;
+use crate::kernels::matmul::COLS_PER_TASK as MATMUL_COLS_PER_TASK;
 
 /// KV-cache slots at or above this are private scratch slots of attentions without a `cache`.
 const SCRATCH_SLOT_BASE: usize = 1 << 20;

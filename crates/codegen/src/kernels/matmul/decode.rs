@@ -3,7 +3,7 @@
 //! A row of weights is walked in *units*: one vector of `lanes` elements for f32/bf16/f16, one
 //! 32-element block for Q8_0/Q4_0 (its f16 scale, then `32 / lanes` vectors). Every conversion is
 //! exact, so a kernel's result differs from the f64 reference on [`crate::pack::unpack`]'s values
-//! only by its f32 accumulation order:
+//! only by the rounding of its f32 accumulation:
 //! - bf16 is the top half of an f32: zero-extend to i32 and shift left by 16;
 //! - f16 is an `fpext` of `<lanes x half>` (one `vcvtph2ps` with F16C/AVX-512);
 //! - Q8_0 is `sitofp(sext q) · d` — exact, since an 11-bit f16 mantissa times an 8-bit integer
@@ -12,6 +12,9 @@
 //!   otherwise `fma(sitofp(nibble), d, −8·d)` — `nibble · d` and `−8 · d` are exact and so is their
 //!   sum, which the fma therefore does not round; one fma replaces an integer subtract and a
 //!   multiply.
+//!
+//! (Quantizing activations to int8 for VNNI dot products, as llama.cpp does, would be faster for
+//! the quantized formats but is not exact; these kernels keep f32 activations throughout.)
 
 use super::ir::{i32_splat, load_prefix};
 use crate::error::Result;
@@ -35,7 +38,7 @@ impl<'a, 'ctx> Decoder<'a, 'ctx> {
         let lanes = cx.lanes;
         // A Q4_0 vector must come from one half of a block's nibbles (low nibbles are elements
         // 0..16, high nibbles 16..32), so the lanes must divide 16; every x86 width does.
-        if lanes == 0 || 16 % lanes != 0 {
+        if lanes == 0 || !16u32.is_multiple_of(lanes) {
             return Err(llvm_err(format!("matmul kernels need 1..16 lanes dividing 16, not {lanes}")));
         }
         Ok(Decoder { cx, format, lanes })
@@ -152,6 +155,24 @@ impl<'a, 'ctx> Decoder<'a, 'ctx> {
         self.cx.builder.build_signed_int_to_float(v, self.vf32(), "qf").map_err(llvm_err)
     }
 
+    /// Whether [`Decoder::factored`] applies: Q8_0, whose weights are `d · q`.
+    pub fn factors(&self) -> bool {
+        self.format == WeightFormat::Q8_0
+    }
+
+    /// A Q8_0 block as its broadcast scale `d` and its quants as f32 vectors (`w = d · q`), for
+    /// kernels that apply `d` once per block to a partial dot product rather than to every weight.
+    /// (Q4_0 gains nothing from this: its table lookup applies `d` once per block already.)
+    pub fn factored(&self, block: PointerValue<'ctx>) -> Result<(VectorValue<'ctx>, Vec<VectorValue<'ctx>>)> {
+        if !self.factors() {
+            return Err(llvm_err(format!("{} weights are not factored", self.format.name())));
+        }
+        let q = (0..QK / self.lanes)
+            .map(|v| self.to_f32(self.quant_bytes(block, v * self.lanes, true)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.scale(block)?, q))
+    }
+
     fn q8_0(&self, block: PointerValue<'ctx>) -> Result<Vec<VectorValue<'ctx>>> {
         let d = self.scale(block)?;
         (0..QK / self.lanes)
@@ -168,7 +189,10 @@ impl<'a, 'ctx> Decoder<'a, 'ctx> {
         }
         let cx = self.cx;
         let d = self.scale(block)?;
-        let minus_8d = cx.builder.build_float_mul(d, VectorType::const_vector(&vec![cx.cf(-8.0); self.lanes as usize]), "d8").map_err(llvm_err)?;
+        let minus_8d = cx
+            .builder
+            .build_float_mul(d, VectorType::const_vector(&vec![cx.cf(-8.0); self.lanes as usize]), "d8")
+            .map_err(llvm_err)?;
         (0..QK / self.lanes)
             .map(|v| {
                 let first = v * self.lanes;

@@ -16,10 +16,11 @@ use inkwell::IntPredicate;
 /// Emits the embedding kernel `name` for a `[vocab, dim]` table in `format`.
 pub fn emit(cx: &KernelCx<'_>, name: &str, format: WeightFormat, vocab: usize, dim: usize) -> Result<()> {
     let fail = |why: &str| Err(llvm_err(format!("{name}: embedding {} [{vocab}, {dim}]: {why}", format.name())));
-    if dim % format.block() != 0 {
+    if !dim.is_multiple_of(format.block()) {
         return fail(&format!("dim must be a multiple of the {}-element block", format.block()));
     }
-    if i64::try_from(vocab.saturating_mul(format.row_bytes(dim)).max(vocab.saturating_mul(dim).saturating_mul(4))).is_err() {
+    let fits = |x: Option<usize>| x.is_some_and(|x| i64::try_from(x).is_ok());
+    if !fits(vocab.checked_mul(format.row_bytes(dim))) || !fits(dim.checked_mul(4)) {
         return fail("sizes overflow i64 offsets");
     }
     let dec = Decoder::new(cx, format)?;

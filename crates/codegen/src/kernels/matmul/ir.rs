@@ -44,9 +44,7 @@ fn call<'ctx>(
     args: &[BasicMetadataValueEnum<'ctx>],
 ) -> Result<Option<BasicValueEnum<'ctx>>> {
     let intrinsic = Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
-    let f = intrinsic
-        .get_declaration(&cx.module, tys)
-        .ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
+    let f = intrinsic.get_declaration(&cx.module, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
     let site = cx.builder.build_call(f, args, "call").map_err(llvm_err)?;
     Ok(match site.try_as_basic_value() {
         inkwell::values::ValueKind::Basic(v) => Some(v),
@@ -64,7 +62,12 @@ pub fn load_prefix<'ctx>(
     align: u32,
 ) -> Result<VectorValue<'ctx>> {
     let lanes = ty.get_size();
-    let args = [p.into(), cx.i32().const_int(u64::from(align), false).into(), prefix_mask(cx, count, lanes).into(), ty.const_zero().into()];
+    let args = [
+        p.into(),
+        cx.i32().const_int(u64::from(align), false).into(),
+        prefix_mask(cx, count, lanes).into(),
+        ty.const_zero().into(),
+    ];
     let v = call(cx, "llvm.masked.load", &[ty.into(), cx.ptr().into()], &args)?;
     v.map(|v| v.into_vector_value()).ok_or_else(|| llvm_err("llvm.masked.load returned nothing"))
 }
