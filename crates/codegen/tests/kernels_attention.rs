@@ -307,12 +307,13 @@ fn long_context_of_300_entries() {
     Session { steps: vec![296, 1, 1, 1, 1], window: Some(100), ..Session::new(4, 1, 32) }.check();
 }
 
-/// Attention over a cache filled by hand with unordered positions, against `attend`: masks are
-/// per key, not a prefix, and a query that sees no key gets zeros.
+/// Attention over a cache filled by hand, against `attend`: the window masks keys in the middle
+/// of the cache (not a prefix), and a query that sees no key gets zeros. (Cache positions ascend,
+/// as the runtime keeps them; causal queries stop at their own position.)
 #[test]
-fn unordered_cache_positions_and_a_query_that_sees_nothing() {
+fn windowed_cache_and_a_query_that_sees_nothing() {
     let (hq, hkv, d) = (4, 2, 32);
-    let key_pos: Vec<i64> = vec![5, 9, 2, 7, 11, 3];
+    let key_pos: Vec<i64> = vec![2, 3, 5, 7, 9, 11];
     // Query 0 at position 1 precedes every key; 8 sees 5 and 7 in the window; 12 sees 9 and 11.
     let q_pos: Vec<i64> = vec![1, 8, 12];
     let (n, t) = (key_pos.len(), q_pos.len());
@@ -339,7 +340,7 @@ fn unordered_cache_positions_and_a_query_that_sees_nothing() {
         // SAFETY: q, out [t, heads, head_dim]; the cache holds n entries.
         unsafe { lib.call("attention", &[t as i64, n as i64], &bufs, (t * hq) as i64, splits) };
         assert!(out[..hq * d].iter().all(|&x| x == 0.0), "a query with no visible key must give zeros");
-        assert_close(&format!("attention over an unordered cache, {splits} splits"), &out, &want);
+        assert_close(&format!("attention over a windowed cache, {splits} splits"), &out, &want);
     }
 }
 

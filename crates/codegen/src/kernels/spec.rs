@@ -134,7 +134,9 @@ pub enum KernelSpec {
     /// Attention of `q[T, heads, head_dim]` (RoPE applied when given) over the `len` cache entries:
     /// key j is visible to query i when `pos[j] ≤ pos_q[i]` (if causal) and `pos_q[i] − pos[j] <
     /// window`; scores `q·k · scale`, soft-capped `cap · tanh(s / cap)` when given; online softmax,
-    /// one pass over the cache; query head h reads kv head `h / (heads / kv_heads)`.
+    /// one pass over the cache; query head h reads kv head `h / (heads / kv_heads)`. Cache positions
+    /// ascend (the runtime appends in position order and rolls back by position), which lets a
+    /// causal query stop at its own position.
     /// dims `[T, len]`; bufs `[q, positions, cache_k, cache_v, cache_pos, out]`; tasks `T · heads`.
     Attention {
         heads: usize,

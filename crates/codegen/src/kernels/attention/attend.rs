@@ -153,7 +153,8 @@ fn attend_one<'ctx>(
 
     let mut init: Vec<BasicValueEnum> = vec![cx.cf(f32::NEG_INFINITY).into(), cx.cf(0.0).into()];
     init.extend(chunks.iter().map(|&(_, w)| BasicValueEnum::from(cx.vf32(w).const_zero())));
-    let state = cx.for_range_acc(cx.c64(0), ops.len, 1, &init, |j, cur| {
+    let end = if a.causal { causal_end(cx, ops, query.pos)? } else { ops.len };
+    let state = cx.for_range_acc(cx.c64(0), end, 1, &init, |j, cur| {
         let kv_row = b.build_int_mul(j, cx.c64(a.kv_heads as i64), "jk").map_err(llvm_err)?;
         let kv_row = b.build_int_add(kv_row, g, "jg").map_err(llvm_err)?;
         let kv_row = b.build_int_mul(kv_row, cx.c64(a.head_dim as i64), "kvrow").map_err(llvm_err)?;
@@ -175,6 +176,34 @@ fn attend_one<'ctx>(
         cx.store_vf32(out_row, cx.c64(off as i64), o)?;
     }
     Ok(())
+}
+
+/// How many cache entries a causal query at `pos_q` can see at most: cache positions ascend (entries
+/// are appended in position order and rolled back by position), so the keys with `pos ≤ pos_q` are
+/// a prefix, found by bisection (a fixed 32 steps, branch-free). Decoding sees the whole cache;
+/// prefill stops each query at its own position instead of scanning the rest masked.
+fn causal_end<'ctx>(cx: &KernelCx<'ctx>, ops: &Operands<'ctx>, pos_q: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    let b = &cx.builder;
+    let init: Vec<BasicValueEnum> = vec![cx.c64(0).into(), ops.len.into()];
+    let out = cx.for_range_acc(cx.c64(0), cx.c64(32), 1, &init, |_, cur| {
+        let (lo, hi) = (cur[0].into_int_value(), cur[1].into_int_value());
+        let open = cx.icmp(IntPredicate::SLT, lo, hi)?;
+        let mid = b.build_int_add(lo, b.build_int_unsigned_div(b.build_int_sub(hi, lo, "w").map_err(llvm_err)?, cx.c64(2), "h").map_err(llvm_err)?, "mid").map_err(llvm_err)?;
+        // Clamp the probe inside the cache even when the range is empty.
+        let last = b.build_int_sub(ops.len, cx.c64(1), "last").map_err(llvm_err)?;
+        let probe = b.build_select(cx.icmp(IntPredicate::SLT, mid, last)?, mid, last, "probe").map_err(llvm_err)?.into_int_value();
+        let probe = b.build_select(cx.icmp(IntPredicate::SGT, probe, cx.c64(0))?, probe, cx.c64(0), "probe0").map_err(llvm_err)?.into_int_value();
+        let pos_k = cx.load_i32(ops.cache_pos, probe)?;
+        let pos_k = b.build_int_s_extend(pos_k, cx.i64(), "pk").map_err(llvm_err)?;
+        let below = cx.icmp(IntPredicate::SLE, pos_k, pos_q)?;
+        let go_right = b.build_and(open, below, "r").map_err(llvm_err)?;
+        let go_left = b.build_and(open, b.build_not(below, "nb").map_err(llvm_err)?, "l").map_err(llvm_err)?;
+        let mid1 = b.build_int_add(mid, cx.c64(1), "m1").map_err(llvm_err)?;
+        let lo = b.build_select(go_right, mid1, lo, "lo").map_err(llvm_err)?;
+        let hi = b.build_select(go_left, mid, hi, "hi").map_err(llvm_err)?;
+        Ok(vec![lo, hi])
+    })?;
+    Ok(out[0].into_int_value())
 }
 
 /// Whether cache entry `j` is visible to a query at `pos_q`; `None` when every key is (no
