@@ -33,7 +33,7 @@ DEMO_ARTIFACT := target/demo/SmolLM2-135M-Instruct.bf16.kiln
 define DEMO_STEPS
 $(KILN) targets
 $(KILN) dump-ir $(SMOLLM2_DIR) --layers 1 -O2 --pass-timing
-$(KILN) compile $(SMOLLM2_DIR) -O2 --weights bf16 -o $(DEMO_ARTIFACT)
+$(KILN) compile $(SMOLLM2_DIR) --weights bf16 -o $(DEMO_ARTIFACT)
 $(KILN) run $(DEMO_ARTIFACT) --chat --prompt "What is the capital of France?" --max-tokens 32
 $(KILN) run $(DEMO_ARTIFACT) --chat --prompt "Name three colors of the rainbow." --max-tokens 48
 $(KILN) bench $(DEMO_ARTIFACT) --prompt-len 128 --gen 64

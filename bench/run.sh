@@ -32,7 +32,7 @@ for p in "${precisions[@]}"; do
     # The same weights for both: llama.cpp requantizes the Q4_1 GGUF Kiln imported from.
     [[ -f $g ]] || "$llama/llama-quantize" --allow-requantize "$gguf" "$g" "$(llama_type "$p")" > "$out/quantize-$p.log" 2>&1
     art="$out/smollm2-$p.kiln"
-    "$kiln" compile "$model_dir" -O2 --weights "$p" -o "$art" 2> "$out/compile-$p.log"
+    "$kiln" compile "$model_dir" --weights "$p" -o "$art" 2> "$out/compile-$p.log"
     for t in "${threads[@]}"; do
         "$llama/llama-bench" -m "$g" -p 128 -n 64 -t "$t" -r 3 -o json > "$out/llama-$p-t$t.json" 2> /dev/null
         "$kiln" bench "$art" --prompt-len 128 --gen 64 --threads "$t" --repeat 3 --json > "$out/kiln-$p-t$t.json"

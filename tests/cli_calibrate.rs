@@ -18,21 +18,7 @@ fn gen(dir: &TempDir) -> PathBuf {
     m
 }
 
-/// Natural text for calibration: the GPL (on Debian) or else this repository's documentation.
-fn text(dir: &TempDir) -> PathBuf {
-    let gpl = PathBuf::from("/usr/share/common-licenses/GPL-3");
-    if gpl.exists() {
-        return gpl;
-    }
-    let docs = support::workspace_root().join("docs");
-    let mut s = String::new();
-    for f in ["passes.md", "eqsat.md", "setup.md", "ir.md", "models.md"] {
-        s.push_str(&std::fs::read_to_string(docs.join(f)).unwrap());
-    }
-    let p = dir.join("text.txt");
-    std::fs::write(&p, s).unwrap();
-    p
-}
+use support::calibration_text as text;
 
 fn calibrate(m: &Path, text: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args =

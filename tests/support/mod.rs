@@ -82,3 +82,20 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 pub fn argmax(xs: &[f32]) -> usize {
     kiln_runtime::sampler::argmax(xs)
 }
+
+/// Natural text for calibration and evaluation: the GPL (on Debian) or else this repository's
+/// documentation, written into `dir`.
+pub fn calibration_text(dir: &TempDir) -> PathBuf {
+    let gpl = PathBuf::from("/usr/share/common-licenses/GPL-3");
+    if gpl.exists() {
+        return gpl;
+    }
+    let docs = workspace_root().join("docs");
+    let mut s = String::new();
+    for f in ["passes.md", "eqsat.md", "setup.md", "ir.md", "models.md"] {
+        s.push_str(&std::fs::read_to_string(docs.join(f)).unwrap());
+    }
+    let p = dir.join("text.txt");
+    std::fs::write(&p, s).unwrap();
+    p
+}
