@@ -124,6 +124,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         decode = decode.min(t.elapsed().as_secs_f64());
     }
+    // Before the bandwidth measurement allocates its 1 GiB buffer.
+    let rss = peak_rss();
     let bw = read_bandwidth(1 << 30, threads, 3);
     let bytes = decode_bytes(&model, args.gen / 2);
     let decode_tps = args.gen as f64 / decode;
@@ -136,7 +138,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gen: args.gen,
         prefill_tok_per_s: args.prompt_len as f64 / prefill,
         decode_tok_per_s: decode_tps,
-        peak_rss_bytes: peak_rss(),
+        peak_rss_bytes: rss,
         read_bandwidth_gb_s: bw / 1e9,
         decode_bytes_per_token: bytes,
         roofline_tok_per_s: roofline,
