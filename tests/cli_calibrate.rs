@@ -8,8 +8,8 @@ use kiln_passes::routers::{Method, Routers};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use support::TempDir;
 use support::cli::{fails_with_one_line as fails_with, kiln, ok};
+use support::TempDir;
 
 /// A synthetic llama (2 layers, hidden 64) in `dir/m`.
 fn gen(dir: &TempDir) -> PathBuf {

@@ -6,8 +6,8 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use support::TempDir;
 use support::cli::{fails_with, kiln, ok};
+use support::TempDir;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -114,10 +114,15 @@ fn failed_compiles_leave_nothing_behind() {
     fails_with(kiln(&["compile", s(&m), "-o", s(&out), "--passes", "nosuch"]), &["nosuch"]);
     // Corrupt one weight tensor's declared shape so loading fails midway.
     let cfg = m.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 130");
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 130");
     std::fs::write(&cfg, text).unwrap();
     fails_with(kiln(&["compile", s(&m), "-o", s(&out)]), &[]);
     assert!(!out.exists(), "a failed compile left {}", out.display());
-    let leftovers: Vec<_> = std::fs::read_dir(t.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
 }

@@ -65,7 +65,16 @@ fn eval_reports_quality_and_cost_per_pipeline() {
 
     // The table form names every pipeline.
     let table = stdout_ok(kiln(&[
-        "eval", m.to_str().unwrap(), "--text", &txt, "--tokens", "32", "--chunk", "32", "--passes", "-O2",
+        "eval",
+        m.to_str().unwrap(),
+        "--text",
+        &txt,
+        "--tokens",
+        "32",
+        "--chunk",
+        "32",
+        "--passes",
+        "-O2",
     ]));
     assert!(table.contains("(none)") && table.contains("-O2") && table.contains("ppl"), "{table}");
 }
@@ -79,9 +88,15 @@ fn eval_bad_input_is_one_clear_error() {
     let ms = m.to_str().unwrap();
     fails_with(kiln(&["eval", ms, "--text", "/no/such/file.txt"]), &["/no/such/file.txt"]);
     fails_with(kiln(&["eval", ms, "--text", &txt, "--tokens", "16", "--chunk", "32"]), &["--tokens", "--chunk"]);
-    fails_with(kiln(&["eval", ms, "--text", &txt, "--tokens", "64", "--chunk", "32", "--passes", "gqa{groups=3}"]), &["gqa"]);
+    fails_with(
+        kiln(&["eval", ms, "--text", &txt, "--tokens", "64", "--chunk", "32", "--passes", "gqa{groups=3}"]),
+        &["gqa"],
+    );
     fails_with(kiln(&["eval", ms, "--text", &txt, "--passes", "nosuchpass"]), &["nosuchpass"]);
     let short = t.join("short.txt");
     std::fs::write(&short, "tiny").unwrap();
-    fails_with(kiln(&["eval", ms, "--text", short.to_str().unwrap(), "--chunk", "32", "--tokens", "32"]), &["fewer than one --chunk"]);
+    fails_with(
+        kiln(&["eval", ms, "--text", short.to_str().unwrap(), "--chunk", "32", "--tokens", "32"]),
+        &["fewer than one --chunk"],
+    );
 }

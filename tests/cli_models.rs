@@ -6,8 +6,8 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use support::TempDir;
 use support::cli::{fails_with, kiln, ok};
+use support::TempDir;
 
 fn gen(dir: &Path, arch: &str, extra: &[&str]) {
     let mut args = vec!["gen-model", "--arch", arch, "--seed", "3", "-o", dir.to_str().unwrap()];

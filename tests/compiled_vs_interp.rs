@@ -13,7 +13,13 @@ use kiln_runtime::cpu::CpuModel;
 use support::{rel_l2, TempDir};
 
 /// Compiles `dir` with `pipeline` and `format`; returns the artifact path.
-fn build(t: &TempDir, dir: &std::path::Path, pipeline: &str, format: WeightFormat, tag: &str) -> (std::path::PathBuf, InterpModel) {
+fn build(
+    t: &TempDir,
+    dir: &std::path::Path,
+    pipeline: &str,
+    format: WeightFormat,
+    tag: &str,
+) -> (std::path::PathBuf, InterpModel) {
     let ckpt = Checkpoint::open(dir).unwrap();
     let mut g = ckpt.graph(&LowerOptions::default()).unwrap();
     let pm = PassManager::parse(pipeline, Instrumentation::default()).unwrap();
@@ -43,7 +49,13 @@ fn build(t: &TempDir, dir: &std::path::Path, pipeline: &str, format: WeightForma
         eos_token_ids: vec![],
         config: serde_json::Value::Null,
     };
-    let opts = CompileOptions { weights: format, max_tokens: 128, max_context: 256, pipeline: pipeline.into(), extra_files: vec![] };
+    let opts = CompileOptions {
+        weights: format,
+        max_tokens: 128,
+        max_context: 256,
+        pipeline: pipeline.into(),
+        extra_files: vec![],
+    };
     let weights = Overlay { derived: &report.derived, base: &ckpt };
     compile(&g, &weights, model, &opts, &out, &mut |_| {}).unwrap();
     (out, reference)
@@ -56,7 +68,15 @@ fn check(arch: Arch, pipeline: &str, format: WeightFormat, tol: f64) {
     check_dir(&t, &dir, &format!("{arch:?}"), pipeline, format, tol, 4);
 }
 
-fn check_dir(t: &TempDir, dir: &std::path::Path, arch: &str, pipeline: &str, format: WeightFormat, tol: f64, steps: usize) {
+fn check_dir(
+    t: &TempDir,
+    dir: &std::path::Path,
+    arch: &str,
+    pipeline: &str,
+    format: WeightFormat,
+    tol: f64,
+    steps: usize,
+) {
     let (art, mut reference) = build(t, dir, pipeline, format, "a");
     for threads in [1, 2] {
         let mut model = CpuModel::load(&art, threads).unwrap();
@@ -82,7 +102,8 @@ fn llama_o0_f32() {
     check(Arch::Llama, "canonicalize", WeightFormat::F32, 1e-4);
 }
 
-const O2: &str = "canonicalize,cse,const-fold,eqsat{rules=rope+layout+algebra},merge-projections,fuse-elementwise,cse,dce";
+const O2: &str =
+    "canonicalize,cse,const-fold,eqsat{rules=rope+layout+algebra},merge-projections,fuse-elementwise,cse,dce";
 
 #[test]
 fn every_architecture_at_o0_and_o2() {
@@ -115,13 +136,27 @@ fn smollm2_reduced_precision_error_is_bounded() {
         let ckpt = Checkpoint::open(&dir).unwrap();
         let g = ckpt.graph(&LowerOptions::default()).unwrap();
         let out = t.join(&format!("{}.kiln", format.name()));
-        let model = ModelDesc { name: "smollm2".into(), arch: "llama".into(), vocab_size: ckpt.spec.vocab_size, eos_token_ids: vec![], config: serde_json::Value::Null };
-        let opts = CompileOptions { weights: format, max_tokens: 16, max_context: 32, pipeline: String::new(), extra_files: vec![] };
+        let model = ModelDesc {
+            name: "smollm2".into(),
+            arch: "llama".into(),
+            vocab_size: ckpt.spec.vocab_size,
+            eos_token_ids: vec![],
+            config: serde_json::Value::Null,
+        };
+        let opts = CompileOptions {
+            weights: format,
+            max_tokens: 16,
+            max_context: 32,
+            pipeline: String::new(),
+            extra_files: vec![],
+        };
         compile(&g, &ckpt, model, &opts, &out, &mut |_| {}).unwrap();
         CpuModel::load(&out, 2).unwrap().forward(&prompt).unwrap()
     };
     let exact = logits(WeightFormat::F32);
-    for (format, tol) in [(WeightFormat::Bf16, 0.005), (WeightFormat::F16, 0.002), (WeightFormat::Q8_0, 0.02), (WeightFormat::Q4_0, 0.2)] {
+    for (format, tol) in
+        [(WeightFormat::Bf16, 0.005), (WeightFormat::F16, 0.002), (WeightFormat::Q8_0, 0.02), (WeightFormat::Q4_0, 0.2)]
+    {
         let e = rel_l2(&logits(format), &exact);
         assert!(e <= tol, "{format:?}: logits differ from f32 weights by {e} relative L2 (tolerance {tol})");
         eprintln!("{format:?}: {e:.4}");

@@ -70,7 +70,7 @@ fn gqa2_is_an_error_on_smollm2() {
     let ckpt = Checkpoint::open(&dir).unwrap();
     let g0 = ckpt.graph(&LowerOptions::default()).unwrap();
     let mut g = g0.clone();
-    let e = run_pipeline(&mut g, "gqa{groups=2}").err().expect("2 groups over 9 query heads").to_string();
+    let e = run_pipeline(&mut g, "gqa{groups=2}").expect_err("2 groups over 9 query heads").to_string();
     assert!(e.contains("9 query heads and 3 key/value heads"), "{e}");
     assert!(e.contains("2 does not divide the 9 query heads"), "{e}");
     assert!(e.contains("valid group counts: 1, 3, 9"), "{e}");

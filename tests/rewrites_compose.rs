@@ -30,7 +30,17 @@ fn gqa_mod_and_moe_dispatch_compose_on_mixtral() {
     let pipeline = format!("gqa{{groups=1}},mod{{capacity=0.75,routers={}}},moe-dispatch", r.display());
     let ms = m.to_str().unwrap();
     let (report, _) = ok(kiln(&[
-        "eval", ms, "--text", text.to_str().unwrap(), "--tokens", "64", "--chunk", "32", "--passes", &pipeline, "--json",
+        "eval",
+        ms,
+        "--text",
+        text.to_str().unwrap(),
+        "--tokens",
+        "64",
+        "--chunk",
+        "32",
+        "--passes",
+        &pipeline,
+        "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(&report).unwrap();
     let composed = &v["configs"][1];

@@ -51,7 +51,11 @@ impl Tally {
         self.positions += 1;
         self.nll -= model[next];
         self.agree += u64::from(argmax(model) == argmax(reference));
-        self.kl += reference.iter().zip(model).map(|(&r, &m)| if r == f64::NEG_INFINITY { 0.0 } else { r.exp() * (r - m) }).sum::<f64>();
+        self.kl += reference
+            .iter()
+            .zip(model)
+            .map(|(&r, &m)| if r == f64::NEG_INFINITY { 0.0 } else { r.exp() * (r - m) })
+            .sum::<f64>();
     }
 
     pub fn summary(&self) -> Quality {

@@ -55,11 +55,17 @@ impl InterpModel {
 
     /// Runs the graph on raw inputs (tokens and positions as given), for callers that read outputs
     /// other than logits (calibration adds some). Does not move the position.
-    pub fn run_raw(&mut self, tokens: &[u32], positions: &[usize]) -> Result<std::collections::HashMap<String, Tensor>> {
+    pub fn run_raw(
+        &mut self,
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<std::collections::HashMap<String, Tensor>> {
         let t = tokens.len();
         let ids = Tensor::i64(&[t], tokens.iter().map(|&x| x as i64).collect());
         let pos = Tensor::i64(&[t], positions.iter().map(|&p| p as i64).collect());
-        self.interp.run(&[("tokens", ids), ("positions", pos)], &mut self.cache).map_err(|e| ModelError::Interp(e.to_string()))
+        self.interp
+            .run(&[("tokens", ids), ("positions", pos)], &mut self.cache)
+            .map_err(|e| ModelError::Interp(e.to_string()))
     }
 
     /// Tokens processed so far (the next token's position).

@@ -89,7 +89,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut model = CpuModel::load(&args.artifact, threads)?;
     let m = model.manifest().clone();
     if args.prompt_len + args.gen > m.max_context {
-        bail!("--prompt-len + --gen = {} exceeds the artifact's --max-context {}", args.prompt_len + args.gen, m.max_context);
+        bail!(
+            "--prompt-len + --gen = {} exceeds the artifact's --max-context {}",
+            args.prompt_len + args.gen,
+            m.max_context
+        );
     }
     // Deterministic pseudo-random prompt (as llama-bench uses random tokens).
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -167,7 +171,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut p = p.clone();
         p.sort_by(|a, b| b.secs.total_cmp(&a.secs));
         for k in p {
-            println!("    {:<14} {:>8} calls {:>9.2} ms {:>5.1}%", k.kind, k.calls, k.secs * 1e3, 100.0 * k.secs / total);
+            println!(
+                "    {:<14} {:>8} calls {:>9.2} ms {:>5.1}%",
+                k.kind,
+                k.calls,
+                k.secs * 1e3,
+                100.0 * k.secs / total
+            );
         }
     }
     Ok(())

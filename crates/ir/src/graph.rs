@@ -129,6 +129,21 @@ impl Graph {
     }
 
     /// Finds the `param` node for a checkpoint tensor name.
+    /// Every symbolic dim name the graph's types and `nonzero` dims use, so a pass that introduces
+    /// a new data-dependent dim can pick a name that is free.
+    pub fn symbols_in_use(&self) -> std::collections::BTreeSet<String> {
+        let mut used = std::collections::BTreeSet::new();
+        for n in self.node_ids() {
+            for d in self.ty(n).shape.dims() {
+                used.extend(d.symbols().map(str::to_string));
+            }
+            if let Some(dim) = self.node(n).attrs.str("dim") {
+                used.insert(dim.to_string());
+            }
+        }
+        used
+    }
+
     pub fn param_named(&self, name: &str) -> Option<NodeId> {
         self.node_ids().find(|&n| self.op(n) == OpKind::Param && self.node(n).attrs.str("name") == Some(name))
     }

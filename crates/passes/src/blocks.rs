@@ -56,7 +56,10 @@ pub fn decoder_blocks(g: &Graph) -> Result<Vec<Block>, String> {
     }
     for (i, (l, _)) in starts.iter().enumerate() {
         if *l != i {
-            return Err(format!("decoder layers are not numbered 0..{}: found layer {l} at position {i}", starts.len()));
+            return Err(format!(
+                "decoder layers are not numbered 0..{}: found layer {l} at position {i}",
+                starts.len()
+            ));
         }
     }
     let [end] = finals[..] else {

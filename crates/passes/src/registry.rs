@@ -112,8 +112,13 @@ mod tests {
     fn each_entry_builds_with_defaults_and_names_itself() {
         for e in REGISTRY {
             if !e.required.is_empty() {
-                let err = (e.create)(&PassOptions::default()).err().unwrap_or_else(|| panic!("{} needs options", e.name));
-                assert!(e.required.iter().any(|r| err.contains(r)), "{}: error names no required option: {err}", e.name);
+                let err =
+                    (e.create)(&PassOptions::default()).err().unwrap_or_else(|| panic!("{} needs options", e.name));
+                assert!(
+                    e.required.iter().any(|r| err.contains(r)),
+                    "{}: error names no required option: {err}",
+                    e.name
+                );
                 continue;
             }
             let p = (e.create)(&PassOptions::default()).unwrap_or_else(|m| panic!("{}: {m}", e.name));

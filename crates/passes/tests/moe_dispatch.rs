@@ -3,10 +3,10 @@
 //! afterwards, and a snapshot of the one-layer IR.
 
 mod common;
-use common::TempDir;
+use common::{generate, rel_l2, TempDir};
 
 use kiln_ir::{print, verify, Graph, OpKind};
-use kiln_models::{write_synthetic_model, Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
+use kiln_models::{write_synthetic_model, Arch, Checkpoint, LowerOptions, SynthOptions};
 use kiln_passes::manager::run_pipeline;
 
 fn mixtral(tag: &str) -> (TempDir, Checkpoint) {
@@ -18,31 +18,6 @@ fn mixtral(tag: &str) -> (TempDir, Checkpoint) {
 
 fn count(g: &Graph, op: OpKind) -> usize {
     g.node_ids().filter(|&n| g.op(n) == op).count()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0) as u32
-}
-
-/// Logits of a prefill of 8 tokens and then 3 greedy decode steps; the decoded tokens come from
-/// `tokens` when given (so two graphs are fed the same sequence), else from the logits.
-fn generate(ckpt: &Checkpoint, g: &Graph, tokens: Option<&[u32]>) -> (Vec<Vec<f32>>, Vec<u32>) {
-    let mut m = InterpModel::with_graph(ckpt, g).unwrap_or_else(|e| panic!("{e}\n{}", print(g)));
-    let prompt = [1u32, 17, 42, 99, 5, 260, 73, 8];
-    let mut logits = vec![m.forward(&prompt).unwrap()];
-    let mut fed = Vec::new();
-    for step in 0..3 {
-        let next = tokens.map_or_else(|| argmax(logits.last().unwrap()), |t| t[step]);
-        fed.push(next);
-        logits.push(m.forward(&[next]).unwrap());
-    }
-    (logits, fed)
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let norm: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
 }
 
 fn dispatched(g: &Graph) -> Graph {
@@ -63,8 +38,8 @@ fn bit_identical_to_the_moe_op_through_prefill_and_decode() {
     // 8 experts in each of 2 layers, each dispatched on its own.
     assert_eq!(count(&g, OpKind::Nonzero), 16);
     assert_eq!(count(&g, OpKind::ScatterRows), 16);
-    let (want, tokens) = generate(&ckpt, &g0, None);
-    let (got, _) = generate(&ckpt, &g, Some(&tokens));
+    let (want, tokens) = generate(&ckpt, &g0, &Default::default(), None);
+    let (got, _) = generate(&ckpt, &g, &Default::default(), Some(&tokens));
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
         let same = a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "step {step}: logits differ (relative L2 {:e})", rel_l2(a, b));
@@ -79,8 +54,8 @@ fn o2_after_dispatch_verifies_and_matches() {
     run_pipeline(&mut g, "-O2").unwrap();
     verify(&g).unwrap();
     assert_eq!(count(&g, OpKind::Moe), 0);
-    let (want, tokens) = generate(&ckpt, &g0, None);
-    let (got, _) = generate(&ckpt, &g, Some(&tokens));
+    let (want, tokens) = generate(&ckpt, &g0, &Default::default(), None);
+    let (got, _) = generate(&ckpt, &g, &Default::default(), Some(&tokens));
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
         let err = rel_l2(a, b);
         assert!(err <= 1e-5, "step {step}: relative L2 {err:e}");

@@ -5,11 +5,11 @@
 //! graph alone; and a snapshot of the one-layer IR. The balanced k-means is tested here too.
 
 mod common;
-use common::TempDir;
+use common::{generate, rel_l2, TempDir};
 
 use kiln_ir::interp::WeightSource;
 use kiln_ir::{parse, print, verify, Graph, OpKind};
-use kiln_models::{write_synthetic_model, Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
+use kiln_models::{write_synthetic_model, Arch, Checkpoint, LowerOptions, SynthOptions};
 use kiln_passes::manager::run_pipeline;
 use kiln_passes::passes::moefy::kmeans::{balanced_kmeans, mean_distance, random_partition, KMeansOptions};
 use kiln_passes::{Instrumentation, PassCx, PassManager, RunReport};
@@ -49,37 +49,6 @@ fn count(g: &Graph, op: OpKind) -> usize {
     g.node_ids().filter(|&n| g.op(n) == op).count()
 }
 
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a))).unwrap_or(0) as u32
-}
-
-/// Logits of a prefill of 8 tokens and 3 decode steps, each step feeding `tokens[step]` when given
-/// (so two graphs see the same sequence), else the greedy choice; and the tokens fed.
-fn generate(
-    ckpt: &Checkpoint,
-    g: &Graph,
-    report: Option<&RunReport>,
-    tokens: Option<&[u32]>,
-) -> (Vec<Vec<f32>>, Vec<u32>) {
-    let derived = report.map(|r| r.derived.clone()).unwrap_or_default();
-    let mut m = InterpModel::with_derived(ckpt, g, &derived).unwrap_or_else(|e| panic!("{e}\n{}", print(g)));
-    let prompt = [1u32, 17, 42, 99, 5, 260, 73, 8];
-    let mut logits = vec![m.forward(&prompt).unwrap()];
-    let mut fed = Vec::new();
-    for step in 0..3 {
-        let next = tokens.map_or_else(|| argmax(logits.last().unwrap()), |t| t[step]);
-        fed.push(next);
-        logits.push(m.forward(&[next]).unwrap());
-    }
-    (logits, fed)
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let norm: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
-    (diff / norm.max(1e-30)).sqrt()
-}
-
 fn neurons(report: &RunReport, layer: usize, expert: usize) -> Vec<i64> {
     let name = format!("model.layers.{layer}.mlp.moefy.experts.{expert}.neurons");
     let t = report.derived.get(&name).unwrap_or_else(|| panic!("no derived {name}"));
@@ -93,8 +62,8 @@ fn all_experts_active_is_the_dense_model() {
     let g0 = ckpt.graph(&LowerOptions::default()).unwrap();
     let (g, report) = moefied(&ckpt, &g0, &format!("moefy{{experts={EXPERTS},top-k={EXPERTS}}}"));
     assert_eq!(count(&g, OpKind::Moe), 2);
-    let (want, want_tokens) = generate(&ckpt, &g0, None, None);
-    let (got, got_tokens) = generate(&ckpt, &g, Some(&report), None);
+    let (want, want_tokens) = generate(&ckpt, &g0, &Default::default(), None);
+    let (got, got_tokens) = generate(&ckpt, &g, &report.derived, None);
     // Greedy decoding picks the same tokens, and every step's logits agree.
     assert_eq!(want_tokens, got_tokens);
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
@@ -112,8 +81,8 @@ fn top_2_runs_and_differs() {
     let attrs = &g.node(moe).attrs;
     assert_eq!((attrs.int("experts"), attrs.int("top_k")), (Some(EXPERTS as i64), Some(2)));
     assert!(attrs.flag("unweighted") && attrs.ident("activation") == Some("silu"));
-    let (want, tokens) = generate(&ckpt, &g0, None, None);
-    let (got, _) = generate(&ckpt, &g, Some(&report), Some(&tokens));
+    let (want, tokens) = generate(&ckpt, &g0, &Default::default(), None);
+    let (got, _) = generate(&ckpt, &g, &report.derived, Some(&tokens));
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
         assert!(b.iter().all(|x| x.is_finite()), "step {step}: non-finite logits");
         let err = rel_l2(a, b);
@@ -167,8 +136,8 @@ fn moe_dispatch_after_moefy_changes_no_bit() {
     let (g2, r2) = moefied(&ckpt, &g0, &format!("{pipeline},moe-dispatch"));
     assert_eq!(count(&g2, OpKind::Moe), 0);
     assert_eq!(count(&g2, OpKind::Nonzero), 2 * EXPERTS);
-    let (want, tokens) = generate(&ckpt, &g1, Some(&r1), None);
-    let (got, _) = generate(&ckpt, &g2, Some(&r2), Some(&tokens));
+    let (want, tokens) = generate(&ckpt, &g1, &r1.derived, None);
+    let (got, _) = generate(&ckpt, &g2, &r2.derived, Some(&tokens));
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "step {step}: {:e}", rel_l2(a, b));
     }

@@ -17,8 +17,19 @@ use std::time::Instant;
 
 /// Instruction-set features that kernels compiled for the host may use and a runtime must check.
 const CHECKED_FEATURES: &[&str] = &[
-    "sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "avx512vnni",
-    "avx512fp16", "avxvnni",
+    "sse4.2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512bf16",
+    "avx512vnni",
+    "avx512fp16",
+    "avxvnni",
 ];
 
 pub struct CompileOptions {
@@ -165,7 +176,11 @@ fn write_files(
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         compiler: format!("kiln {}", env!("CARGO_PKG_VERSION")),
-        target: TargetDesc { triple: target.triple.clone(), cpu: target.cpu.clone(), required_features: required_features(target) },
+        target: TargetDesc {
+            triple: target.triple.clone(),
+            cpu: target.cpu.clone(),
+            required_features: required_features(target),
+        },
         model,
         pipeline: opts.pipeline.clone(),
         weights_dtype: opts.weights.name().to_string(),

@@ -7,7 +7,11 @@ use std::io::Write;
 const ALIGN: usize = 64;
 
 /// Writes `tensors` (name, raw bytes, dtype string `U8`/`F32`) to `w`.
-pub fn write(w: &mut dyn Write, tensors: &[(String, Vec<u8>, &str)], metadata: &[(String, String)]) -> std::io::Result<()> {
+pub fn write(
+    w: &mut dyn Write,
+    tensors: &[(String, Vec<u8>, &str)],
+    metadata: &[(String, String)],
+) -> std::io::Result<()> {
     let mut entries = serde_json::Map::new();
     if !metadata.is_empty() {
         let meta: serde_json::Map<String, serde_json::Value> =
@@ -41,7 +45,7 @@ pub fn write(w: &mut dyn Write, tensors: &[(String, Vec<u8>, &str)], metadata: &
     let mut pads = layout.into_iter();
     let mut at = 0usize;
     for (_, bytes, _) in tensors {
-        if at % ALIGN != 0 {
+        if !at.is_multiple_of(ALIGN) {
             let pad = pads.next().unwrap_or(0);
             w.write_all(&zeros[..pad])?;
             at += pad;

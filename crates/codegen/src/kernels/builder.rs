@@ -79,10 +79,10 @@ impl<'ctx> KernelCx<'ctx> {
 
     /// `void name(const i64* dims, void* const* bufs, i64 begin, i64 end)`, positioned at its entry.
     pub fn begin_kernel(&self, name: &str) -> KernelFn<'ctx> {
-        let ty = self.context.void_type().fn_type(
-            &[self.ptr().into(), self.ptr().into(), self.i64().into(), self.i64().into()],
-            false,
-        );
+        let ty = self
+            .context
+            .void_type()
+            .fn_type(&[self.ptr().into(), self.ptr().into(), self.i64().into(), self.i64().into()], false);
         let function = self.module.add_function(name, ty, Some(Linkage::External));
         let entry = self.context.append_basic_block(function, "entry");
         self.builder.position_at_end(entry);
@@ -115,7 +115,12 @@ impl<'ctx> KernelCx<'ctx> {
     }
 
     /// `&base[idx]` for elements of `ty`.
-    pub fn gep(&self, ty: BasicTypeEnum<'ctx>, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
+    pub fn gep(
+        &self,
+        ty: BasicTypeEnum<'ctx>,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+    ) -> Result<PointerValue<'ctx>> {
         // SAFETY: emitters index within the buffers the ABI hands them.
         unsafe { self.builder.build_in_bounds_gep(ty, base, &[idx], "p").map_err(llvm_err) }
     }
@@ -126,7 +131,13 @@ impl<'ctx> KernelCx<'ctx> {
     }
 
     /// Loads a value of `ty` from `&base[idx]` with alignment `align` (bytes).
-    pub fn load(&self, ty: BasicTypeEnum<'ctx>, base: PointerValue<'ctx>, idx: IntValue<'ctx>, align: u32) -> Result<BasicValueEnum<'ctx>> {
+    pub fn load(
+        &self,
+        ty: BasicTypeEnum<'ctx>,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        align: u32,
+    ) -> Result<BasicValueEnum<'ctx>> {
         let p = self.gep(ty, base, idx)?;
         let v = self.builder.build_load(ty, p, "ld").map_err(llvm_err)?;
         if let Some(inst) = v.as_instruction_value() {
@@ -135,7 +146,14 @@ impl<'ctx> KernelCx<'ctx> {
         Ok(v)
     }
 
-    pub fn store(&self, ty: BasicTypeEnum<'ctx>, base: PointerValue<'ctx>, idx: IntValue<'ctx>, v: impl BasicValue<'ctx>, align: u32) -> Result<()> {
+    pub fn store(
+        &self,
+        ty: BasicTypeEnum<'ctx>,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        v: impl BasicValue<'ctx>,
+        align: u32,
+    ) -> Result<()> {
         let p = self.gep(ty, base, idx)?;
         let st = self.builder.build_store(p, v).map_err(llvm_err)?;
         st.set_alignment(align).map_err(llvm_err)?;
@@ -195,7 +213,12 @@ impl<'ctx> KernelCx<'ctx> {
     }
 
     /// Calls an LLVM intrinsic overloaded on `tys` (`llvm.fma`, `llvm.sqrt`, `llvm.exp`, `llvm.maxnum`...).
-    pub fn intrinsic(&self, name: &str, tys: &[BasicTypeEnum<'ctx>], args: &[BasicMetadataValueEnum<'ctx>]) -> Result<BasicValueEnum<'ctx>> {
+    pub fn intrinsic(
+        &self,
+        name: &str,
+        tys: &[BasicTypeEnum<'ctx>],
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<BasicValueEnum<'ctx>> {
         let i = Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
         let f = i.get_declaration(&self.module, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
         let call = self.builder.build_call(f, args, "call").map_err(llvm_err)?;
@@ -205,7 +228,11 @@ impl<'ctx> KernelCx<'ctx> {
     /// `a·b + c`, scalar or vector (`llvm.fma`).
     pub fn fma<V: BasicValue<'ctx>>(&self, a: V, b: V, c: V) -> Result<BasicValueEnum<'ctx>> {
         let ty = a.as_basic_value_enum().get_type();
-        self.intrinsic("llvm.fma", &[ty], &[a.as_basic_value_enum().into(), b.as_basic_value_enum().into(), c.as_basic_value_enum().into()])
+        self.intrinsic(
+            "llvm.fma",
+            &[ty],
+            &[a.as_basic_value_enum().into(), b.as_basic_value_enum().into(), c.as_basic_value_enum().into()],
+        )
     }
 
     /// Calls a C math function `float name(float...)` from libm (`expf`, `tanhf`, `erff`, `logf`, `powf`).

@@ -27,9 +27,10 @@ pub fn emit_kernel(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec) -> Result<(
             attention::emit(cx, name, spec)
         }
         KernelSpec::Elementwise { .. } => elementwise::emit(cx, name, spec),
-        KernelSpec::RmsNorm { .. } | KernelSpec::LayerNorm { .. } | KernelSpec::Softmax { .. } | KernelSpec::Reduce { .. } => {
-            norm::emit(cx, name, spec)
-        }
+        KernelSpec::RmsNorm { .. }
+        | KernelSpec::LayerNorm { .. }
+        | KernelSpec::Softmax { .. }
+        | KernelSpec::Reduce { .. } => norm::emit(cx, name, spec),
         _ => misc::emit(cx, name, spec),
     }
 }

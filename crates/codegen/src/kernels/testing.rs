@@ -30,7 +30,8 @@ pub fn build(kernels: &[(&str, KernelSpec)]) -> Result<TestLib> {
     let object = compile_kernels(&owned, &target)?;
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("kiln-kernel-test-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CodegenError::Artifact { path: dir.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CodegenError::Artifact { path: dir.display().to_string(), message: e.to_string() })?;
     let so = dir.join("kernels.so");
     crate::link::link_shared(&object, &so)?;
     // SAFETY: the library is ours, freshly linked, with no initializers.

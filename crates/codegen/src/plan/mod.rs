@@ -181,14 +181,17 @@ impl<'a> Planner<'a> {
         if let Some(&b) = self.weight_buf.get(&(n, usage)) {
             return Ok(b);
         }
-        let t = self.folded.get(&n).cloned().ok_or_else(|| {
-            plan_err(self.label(n), "a matmul/embedding weight must be computed from params alone")
-        })?;
+        let t =
+            self.folded.get(&n).cloned().ok_or_else(|| {
+                plan_err(self.label(n), "a matmul/embedding weight must be computed from params alone")
+            })?;
         let label = self.label(n).to_string();
         let data = t.as_f32().ok_or_else(|| plan_err(&label, "integer weights are not supported"))?;
         let tensor = format!("w{}", self.weights.len());
         let (bytes, format, elems) = match usage {
-            WeightUse::F32 => (data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), WeightFormat::F32, data.len()),
+            WeightUse::F32 => {
+                (data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), WeightFormat::F32, data.len())
+            }
             WeightUse::Rows(f) | WeightUse::TransposedRows(f) => {
                 let [r, c] = t.shape[..] else {
                     return Err(plan_err(&label, format!("a weight matrix must be 2-D, found shape {:?}", t.shape)));
@@ -208,7 +211,8 @@ impl<'a> Planner<'a> {
                 let f = if k % f.block() == 0 {
                     f
                 } else {
-                    self.fallbacks.push(format!("{label}: rows of {k} are not whole {}-blocks; stored as f32", f.name()));
+                    self.fallbacks
+                        .push(format!("{label}: rows of {k} are not whole {}-blocks; stored as f32", f.name()));
                     WeightFormat::F32
                 };
                 (crate::pack::pack(f, rows, k, &data)?, f, rows * k)
@@ -236,7 +240,14 @@ impl<'a> Planner<'a> {
         i
     }
 
-    fn step(&mut self, n: NodeId, spec: KernelSpec, dims: Vec<DimExpr>, bufs: Vec<BufArg>, tasks: DimExpr) -> &mut Step {
+    fn step(
+        &mut self,
+        n: NodeId,
+        spec: KernelSpec,
+        dims: Vec<DimExpr>,
+        bufs: Vec<BufArg>,
+        tasks: DimExpr,
+    ) -> &mut Step {
         let kernel = self.kernel(spec);
         let label = self.label(n).to_string();
         self.steps.push(Step { kernel, label, dims, bufs, tasks, binds: None, appends_to: None });

@@ -178,8 +178,11 @@ impl Planner<'_> {
                 let (x, rows, y) = (self.value(ops[0])?, self.value(ops[1])?, self.value(ops[2])?);
                 let count = self.syms.expr(self.g.node(ops[1]).ty.shape.dim(0), &label)?;
                 let out = self.result(n)?;
-                let spec =
-                    KernelSpec::ScatterRows { row_len, add: attrs.ident("mode") == Some("add"), int: xt.dtype.is_int() };
+                let spec = KernelSpec::ScatterRows {
+                    row_len,
+                    add: attrs.ident("mode") == Some("add"),
+                    int: xt.dtype.is_int(),
+                };
                 self.step(n, spec, vec![t, count], vec![buf(x), buf(rows), buf(y), buf(out)], DimExpr::c(1));
                 Ok(())
             }
@@ -321,7 +324,8 @@ impl Planner<'_> {
         let len = DimExpr::sym(self.syms.cache_len(slot));
         let rope = RopeSpec::from_attention(&node.attrs).map_err(|e| plan_err(&label, e))?;
         let rope = rope.map(|r| rope_params(&r, head_dim));
-        let (q, k, v) = (self.float_value(ops[0], &label)?, self.float_value(ops[1], &label)?, self.float_value(ops[2], &label)?);
+        let (q, k, v) =
+            (self.float_value(ops[0], &label)?, self.float_value(ops[1], &label)?, self.float_value(ops[2], &label)?);
         let pos = self.value(ops[3])?;
         let cache = [BufArg::CacheKeys { slot }, BufArg::CacheValues { slot }, BufArg::CachePositions { slot }];
         let append = KernelSpec::KvAppend { kv_heads, head_dim, rope: rope.clone() };
@@ -383,7 +387,12 @@ impl Planner<'_> {
                     let row: i64 = xt.shape.dims()[1..].iter().map(|d| d.as_const().unwrap_or(0)).product();
                     let elems = self.syms.numel(&node.ty.shape, &label)?;
                     let elem = self.buffers[x].elem;
-                    let b = self.buffer(&label, elem, elems, super::Storage::Alias { of: x, offset_elems: scale(&start, row) });
+                    let b = self.buffer(
+                        &label,
+                        elem,
+                        elems,
+                        super::Storage::Alias { of: x, offset_elems: scale(&start, row) },
+                    );
                     self.value_buf.insert(n, b);
                     return Ok(());
                 }

@@ -37,7 +37,7 @@ use crate::pass::{Changed, Pass, PassCx, PassError, PassOptions};
 use crate::routers::{tensor_name, Routers, ROUTER_NORM_EPS};
 use kiln_ir::interp::Tensor;
 use kiln_ir::{Attr, Attrs, DType, Dim, Graph, NodeId, OpKind, Patch, PatchValue, Shape, TensorType};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -177,20 +177,6 @@ fn rename_attrs(a: &Attrs, from: &str, to: &str) -> Attrs {
 
 fn mentions(ty: &TensorType, sym: &str) -> bool {
     ty.shape.dims().iter().any(|d| d.symbols().any(|s| s == sym))
-}
-
-/// Every symbol in the graph's types and `nonzero` dims, so new dim names avoid them.
-fn symbols_in_use(g: &Graph) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
-    for n in g.node_ids() {
-        for d in g.ty(n).shape.dims() {
-            used.extend(d.symbols().map(str::to_string));
-        }
-        if let Some(dim) = g.node(n).attrs.str("dim") {
-            used.insert(dim.to_string());
-        }
-    }
-    used
 }
 
 /// What the routed layers of one run share: block outputs already replaced (by earlier routed
@@ -383,7 +369,7 @@ impl Pass for MixtureOfDepths {
                 blocks.len()
             )));
         }
-        let used = symbols_in_use(g);
+        let used = g.symbols_in_use();
         let mut patch = Patch::new();
         let mut shared = Shared::default();
         let mut routed = Vec::new();

@@ -41,20 +41,6 @@ pub fn create(opts: &PassOptions) -> Result<Box<dyn Pass>, String> {
     Ok(Box::new(MoeDispatch))
 }
 
-/// Every symbol the graph's types and `nonzero` dims already use, so new dim names avoid them.
-fn symbols_in_use(g: &Graph) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
-    for n in g.node_ids() {
-        for d in g.ty(n).shape.dims() {
-            used.extend(d.symbols().map(str::to_string));
-        }
-        if let Some(dim) = g.node(n).attrs.str("dim") {
-            used.insert(dim.to_string());
-        }
-    }
-    used
-}
-
 /// The prefix of the dim names of one moe op's experts: `n<layer>` from the router's param name,
 /// else `m<index>`; a `_<k>` suffix is added until no expert's name is taken.
 fn dim_prefix(g: &Graph, router: Option<NodeId>, index: usize, experts: i64, used: &BTreeSet<String>) -> String {
@@ -183,7 +169,7 @@ impl Pass for MoeDispatch {
 
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let moes: Vec<NodeId> = g.topo_order().into_iter().filter(|&n| g.op(n) == OpKind::Moe).collect();
-        let mut used = symbols_in_use(g);
+        let mut used = g.symbols_in_use();
         let mut emit = Emit { g, patch: Patch::new() };
         let mut experts = 0;
         for (i, &m) in moes.iter().enumerate() {

@@ -157,12 +157,20 @@ pub struct KvSlotSpec {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BufArg {
-    Buffer { id: usize },
+    Buffer {
+        id: usize,
+    },
     /// A KV-cache slot's keys `[capacity, kv_heads, head_dim]` f32, values (same), or positions
     /// `[capacity]` i32.
-    CacheKeys { slot: usize },
-    CacheValues { slot: usize },
-    CachePositions { slot: usize },
+    CacheKeys {
+        slot: usize,
+    },
+    CacheValues {
+        slot: usize,
+    },
+    CachePositions {
+        slot: usize,
+    },
     /// An absent optional operand (no bias).
     Null,
 }

@@ -61,8 +61,11 @@ pub fn cpu_has(feature: &str) -> Option<bool> {
 impl Artifact {
     pub fn open(dir: &Path) -> Result<Artifact> {
         let mpath = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&mpath).map_err(|e| bad(&mpath, format!("cannot read: {e} (is this a compiled artifact? `kiln compile` makes one)")))?;
-        let version: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&mpath, format!("not valid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&mpath).map_err(|e| {
+            bad(&mpath, format!("cannot read: {e} (is this a compiled artifact? `kiln compile` makes one)"))
+        })?;
+        let version: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&mpath, format!("not valid JSON: {e}")))?;
         let found = version.get("format_version").and_then(|v| v.as_u64());
         if found != Some(FORMAT_VERSION as u64) {
             return Err(bad(
@@ -70,13 +73,21 @@ impl Artifact {
                 format!("artifact format version {found:?}, but this runtime reads version {FORMAT_VERSION}; recompile it with this kiln"),
             ));
         }
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| bad(&mpath, format!("malformed manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| bad(&mpath, format!("malformed manifest: {e}")))?;
         let host = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
-        if !manifest.target.triple.starts_with(std::env::consts::ARCH) || !manifest.target.triple.contains(std::env::consts::OS) {
+        if !manifest.target.triple.starts_with(std::env::consts::ARCH)
+            || !manifest.target.triple.contains(std::env::consts::OS)
+        {
             return Err(bad(&mpath, format!("compiled for {}, but this machine is {host}", manifest.target.triple)));
         }
-        let missing: Vec<&str> =
-            manifest.target.required_features.iter().map(String::as_str).filter(|f| cpu_has(f) == Some(false)).collect();
+        let missing: Vec<&str> = manifest
+            .target
+            .required_features
+            .iter()
+            .map(String::as_str)
+            .filter(|f| cpu_has(f) == Some(false))
+            .collect();
         if !missing.is_empty() {
             return Err(bad(
                 &mpath,
@@ -98,7 +109,10 @@ impl Artifact {
             let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(&p, e.to_string()))?;
             let sum = checksum(&data);
             if sum != f.checksum {
-                return Err(bad(&p, format!("checksum {sum} does not match the manifest's {} (corrupt file)", f.checksum)));
+                return Err(bad(
+                    &p,
+                    format!("checksum {sum} does not match the manifest's {} (corrupt file)", f.checksum),
+                ));
             }
         }
         let weights = WeightFile::open(&dir.join("weights.safetensors"))?;

@@ -35,7 +35,10 @@ impl WeightFile {
             if name == "__metadata__" {
                 continue;
             }
-            let off = t["data_offsets"].as_array().filter(|a| a.len() == 2).ok_or_else(|| bad(path, format!("tensor '{name}' has no data_offsets")))?;
+            let off = t["data_offsets"]
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| bad(path, format!("tensor '{name}' has no data_offsets")))?;
             let (b, e) = (off[0].as_u64().unwrap_or(u64::MAX) as usize, off[1].as_u64().unwrap_or(0) as usize);
             if b > e || base + e > map.len() {
                 return Err(bad(path, format!("tensor '{name}' lies outside the file")));

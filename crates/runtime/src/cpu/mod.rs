@@ -94,7 +94,10 @@ impl CpuModel {
                 }
                 Storage::Weight { tensor } => {
                     let bytes = art.weights.bytes(tensor).ok_or_else(|| {
-                        RuntimeError::Artifact(format!("{}: weights lack tensor '{tensor}' (buffer {i})", dir.display()))
+                        RuntimeError::Artifact(format!(
+                            "{}: weights lack tensor '{tensor}' (buffer {i})",
+                            dir.display()
+                        ))
                     })?;
                     let want = b.elems.eval(&[]) as usize * b.elem.size();
                     if bytes.len() != want {
@@ -113,13 +116,16 @@ impl CpuModel {
         for s in &m.kv_slots {
             let n = m.max_context * s.kv_heads * s.head_dim;
             let (mut keys, mut values, mut positions) = (vec![0f32; n], vec![0f32; n], vec![0i32; m.max_context]);
-            let ptrs = [keys.as_mut_ptr() as *mut u8, values.as_mut_ptr() as *mut u8, positions.as_mut_ptr() as *mut u8];
-            caches.insert(s.slot, KvStore { _keys: keys, _values: values, positions, ptrs, len: 0, scratch: s.scratch });
+            let ptrs =
+                [keys.as_mut_ptr() as *mut u8, values.as_mut_ptr() as *mut u8, positions.as_mut_ptr() as *mut u8];
+            caches
+                .insert(s.slot, KvStore { _keys: keys, _values: values, positions, ptrs, len: 0, scratch: s.scratch });
         }
         let find = |list: &[crate::artifact::manifest::NamedBuffer], name: &str| {
-            list.iter().find(|b| b.name == name).map(|b| b.buffer).ok_or_else(|| {
-                RuntimeError::Artifact(format!("{}: the program has no '{name}'", dir.display()))
-            })
+            list.iter()
+                .find(|b| b.name == name)
+                .map(|b| b.buffer)
+                .ok_or_else(|| RuntimeError::Artifact(format!("{}: the program has no '{name}'", dir.display())))
         };
         let tokens_input = find(&m.inputs, "tokens")?;
         let positions_input = find(&m.inputs, "positions")?;
@@ -179,7 +185,13 @@ impl CpuModel {
 
     /// Bytes of weights the artifact maps.
     pub fn weight_bytes(&self) -> usize {
-        self.art.manifest.buffers.iter().filter(|b| matches!(b.storage, Storage::Weight { .. })).map(|b| b.elems.eval(&[]) as usize * b.elem.size()).sum()
+        self.art
+            .manifest
+            .buffers
+            .iter()
+            .filter(|b| matches!(b.storage, Storage::Weight { .. }))
+            .map(|b| b.elems.eval(&[]) as usize * b.elem.size())
+            .sum()
     }
 
     /// Feeds tokens at the next positions (in chunks of the artifact's `max_tokens`) and returns
@@ -273,7 +285,11 @@ impl CpuModel {
                         p.calls += 1;
                         p.secs += start.elapsed().as_secs_f64();
                     }
-                    None => profile.push(KernelProfile { kind: kind.clone(), calls: 1, secs: start.elapsed().as_secs_f64() }),
+                    None => profile.push(KernelProfile {
+                        kind: kind.clone(),
+                        calls: 1,
+                        secs: start.elapsed().as_secs_f64(),
+                    }),
                 }
             }
             if let Some(sym) = binds {
@@ -286,9 +302,7 @@ impl CpuModel {
                 let c = self.cache(slot)?;
                 c.len += added;
                 let len = c.len as i64;
-                if let Some(i) =
-                    self.art.manifest.symbols.iter().position(|s| *s == Symbol::CacheLen { slot })
-                {
+                if let Some(i) = self.art.manifest.symbols.iter().position(|s| *s == Symbol::CacheLen { slot }) {
                     self.symbols[i] = len;
                 }
             }
@@ -307,11 +321,15 @@ impl CpuModel {
     }
 
     fn cache_ref(&self, slot: usize) -> Result<&KvStore> {
-        self.caches.get(&slot).ok_or_else(|| exec_err(format!("the program uses KV-cache slot {slot}, which it does not declare")))
+        self.caches
+            .get(&slot)
+            .ok_or_else(|| exec_err(format!("the program uses KV-cache slot {slot}, which it does not declare")))
     }
 
     fn cache(&mut self, slot: usize) -> Result<&mut KvStore> {
-        self.caches.get_mut(&slot).ok_or_else(|| exec_err(format!("the program uses KV-cache slot {slot}, which it does not declare")))
+        self.caches
+            .get_mut(&slot)
+            .ok_or_else(|| exec_err(format!("the program uses KV-cache slot {slot}, which it does not declare")))
     }
 }
 

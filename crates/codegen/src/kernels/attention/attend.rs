@@ -60,7 +60,7 @@ struct Query<'a, 'ctx> {
 }
 
 fn check_spec(name: &str, a: &AttentionSpec<'_>) -> Result<()> {
-    if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+    if a.heads == 0 || a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) {
         return Err(spec_err(name, format!("{} query heads is not a multiple of {} kv heads", a.heads, a.kv_heads)));
     }
     if a.head_dim == 0 {
@@ -188,11 +188,24 @@ fn causal_end<'ctx>(cx: &KernelCx<'ctx>, ops: &Operands<'ctx>, pos_q: IntValue<'
     let out = cx.for_range_acc(cx.c64(0), cx.c64(32), 1, &init, |_, cur| {
         let (lo, hi) = (cur[0].into_int_value(), cur[1].into_int_value());
         let open = cx.icmp(IntPredicate::SLT, lo, hi)?;
-        let mid = b.build_int_add(lo, b.build_int_unsigned_div(b.build_int_sub(hi, lo, "w").map_err(llvm_err)?, cx.c64(2), "h").map_err(llvm_err)?, "mid").map_err(llvm_err)?;
+        let mid = b
+            .build_int_add(
+                lo,
+                b.build_int_unsigned_div(b.build_int_sub(hi, lo, "w").map_err(llvm_err)?, cx.c64(2), "h")
+                    .map_err(llvm_err)?,
+                "mid",
+            )
+            .map_err(llvm_err)?;
         // Clamp the probe inside the cache even when the range is empty.
         let last = b.build_int_sub(ops.len, cx.c64(1), "last").map_err(llvm_err)?;
-        let probe = b.build_select(cx.icmp(IntPredicate::SLT, mid, last)?, mid, last, "probe").map_err(llvm_err)?.into_int_value();
-        let probe = b.build_select(cx.icmp(IntPredicate::SGT, probe, cx.c64(0))?, probe, cx.c64(0), "probe0").map_err(llvm_err)?.into_int_value();
+        let probe = b
+            .build_select(cx.icmp(IntPredicate::SLT, mid, last)?, mid, last, "probe")
+            .map_err(llvm_err)?
+            .into_int_value();
+        let probe = b
+            .build_select(cx.icmp(IntPredicate::SGT, probe, cx.c64(0))?, probe, cx.c64(0), "probe0")
+            .map_err(llvm_err)?
+            .into_int_value();
         let pos_k = cx.load_i32(ops.cache_pos, probe)?;
         let pos_k = b.build_int_s_extend(pos_k, cx.i64(), "pk").map_err(llvm_err)?;
         let below = cx.icmp(IntPredicate::SLE, pos_k, pos_q)?;

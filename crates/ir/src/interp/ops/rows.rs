@@ -8,13 +8,15 @@ use crate::interp::tensor::{Tensor, TensorData};
 fn row_indices(rows: &Tensor, n: usize) -> Result<Vec<usize>, String> {
     rows.ints("rows")?
         .iter()
-        .map(|&r| usize::try_from(r).ok().filter(|&r| r < n).ok_or_else(|| format!("row {r} out of range for {n} rows")))
+        .map(|&r| {
+            usize::try_from(r).ok().filter(|&r| r < n).ok_or_else(|| format!("row {r} out of range for {n} rows"))
+        })
         .collect()
 }
 
 fn row_len(x: &Tensor) -> Result<usize, String> {
     let n = *x.shape.first().ok_or("x must have at least one dim")?;
-    Ok(if n == 0 { x.shape[1..].iter().product() } else { x.numel() / n })
+    Ok(x.numel().checked_div(n).unwrap_or_else(|| x.shape[1..].iter().product()))
 }
 
 /// `x[rows]` along axis 0.
@@ -77,9 +79,8 @@ pub fn expert_gate(indices: &Tensor, gates: &Tensor, expert: i64) -> Result<Tens
     if gates.shape != indices.shape {
         return Err(format!("gates {:?} and indices {:?} differ in shape", gates.shape, indices.shape));
     }
-    let out = (0..t)
-        .map(|ti| (0..k).filter(|&j| iv[ti * k + j] == expert).map(|j| gv[ti * k + j]).sum::<f32>())
-        .collect();
+    let out =
+        (0..t).map(|ti| (0..k).filter(|&j| iv[ti * k + j] == expert).map(|j| gv[ti * k + j]).sum::<f32>()).collect();
     Ok(Tensor::f32(&[t], out))
 }
 
