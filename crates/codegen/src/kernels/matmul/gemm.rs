@@ -30,6 +30,8 @@ pub const COL_BLOCK: u32 = 4;
 /// must also wait in L2 while the core is busy dequantizing; 4–64 KiB all measured within noise
 /// of each other, and 16 KiB stays far inside L2.
 const PREFETCH_AHEAD: i64 = 16384;
+/// Largest stack panel (bytes) a quantized task dequantizes its weights into for prefill.
+const PANEL_MAX_BYTES: usize = 256 * 1024;
 
 /// The matmul spec's fields.
 pub struct MatmulShape {
@@ -64,10 +66,36 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
         row_bytes: format.row_bytes(k) as i64,
         a: cx.buf(&kf, 0)?,
         w: cx.buf(&kf, 1)?,
+        w_first_row: None,
         bias: if bias { Some(cx.buf(&kf, 2)?) } else { None },
         out: cx.buf(&kf, 3)?,
     };
-    cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64))?;
+    // Prefill over quantized weights: every tile of 4 rows would dequantize the task's weights
+    // again (32 times for a 128-token prompt), so a task first dequantizes its column panel into
+    // f32 on the stack once and runs the f32 tiles over it. Decoding (M < 4) reads the packed
+    // weights directly: there each weight is used once and bytes are what matter.
+    let panel_bytes = cols_per_task * k * 4;
+    if gemm.dec.quantized() && panel_bytes <= PANEL_MAX_BYTES {
+        let panel_ty = cx.f32().array_type((cols_per_task * k) as u32);
+        let panel = cx.builder.build_alloca(panel_ty, "panel").map_err(llvm_err)?;
+        let prefill = cx.icmp(IntPredicate::SGE, m, cx.c64(i64::from(ROW_BLOCK)))?;
+        let f = cx.builder.get_insert_block().and_then(|bb| bb.get_parent()).expect("inside the kernel");
+        let (wide, narrow, done) = (
+            cx.context.append_basic_block(f, "prefill"),
+            cx.context.append_basic_block(f, "decode"),
+            cx.context.append_basic_block(f, "done"),
+        );
+        cx.builder.build_conditional_branch(prefill, wide, narrow).map_err(llvm_err)?;
+        cx.builder.position_at_end(wide);
+        cx.for_range(kf.begin, kf.end, 1, |t| gemm.panel_task(t, m, cols_per_task as i64, panel))?;
+        cx.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+        cx.builder.position_at_end(narrow);
+        cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64))?;
+        cx.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+        cx.builder.position_at_end(done);
+    } else {
+        cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64))?;
+    }
     cx.finish()
 }
 
@@ -79,6 +107,8 @@ struct Gemm<'a, 'ctx> {
     row_bytes: i64,
     a: PointerValue<'ctx>,
     w: PointerValue<'ctx>,
+    /// When `w` is a task's dequantized panel: the output column its first row holds.
+    w_first_row: Option<IntValue<'ctx>>,
     bias: Option<PointerValue<'ctx>>,
     out: PointerValue<'ctx>,
 }
@@ -101,14 +131,60 @@ impl<'ctx> Tile<'ctx> {
 }
 
 impl<'a, 'ctx> Gemm<'a, 'ctx> {
-    /// Task `t`: columns `[t · cols_per_task, min((t + 1) · cols_per_task, N))` for all rows.
-    fn task(&self, t: IntValue<'ctx>, m: IntValue<'ctx>, cols_per_task: i64) -> Result<()> {
+    /// The columns of task `t`: `[t · cols_per_task, min((t + 1) · cols_per_task, N))`.
+    fn columns(&self, t: IntValue<'ctx>, cols_per_task: i64) -> Result<(IntValue<'ctx>, IntValue<'ctx>)> {
         let (cx, b) = (self.cx, &self.cx.builder);
         let c0 = mul_add(cx, t, cols_per_task, 0)?;
         let c_end = mul_add(cx, t, cols_per_task, cols_per_task)?;
         let n = cx.c64(self.n);
         let clipped = cx.icmp(IntPredicate::SLT, c_end, n)?;
         let c1 = b.build_select(clipped, c_end, n, "c1").map_err(llvm_err)?.into_int_value();
+        Ok((c0, c1))
+    }
+
+    /// Task `t` through a dequantized panel: its weight rows are decoded once into `panel` (f32,
+    /// `cols_per_task × K`), then an f32 [`Gemm`] over the panel does all rows.
+    fn panel_task(&self, t: IntValue<'ctx>, m: IntValue<'ctx>, cols_per_task: i64, panel: PointerValue<'ctx>) -> Result<()> {
+        let (cx, dec) = (self.cx, &self.dec);
+        let (c0, c1) = self.columns(t, cols_per_task)?;
+        let units = self.k / i64::from(dec.unit_elems());
+        cx.for_range(c0, c1, 1, |c| {
+            let src = cx.gep_bytes(self.w, mul_add(cx, c, self.row_bytes, 0)?)?;
+            let local = cx.builder.build_int_sub(c, c0, "lc").map_err(llvm_err)?;
+            let dst = cx.gep(cx.f32().into(), panel, mul_add(cx, local, self.k, 0)?)?;
+            cx.for_range(cx.c64(0), cx.c64(units), 1, |u| {
+                let vecs = dec.unit(cx.gep_bytes(src, mul_add(cx, u, dec.unit_bytes(), 0)?)?)?;
+                let at = mul_add(cx, u, i64::from(dec.unit_elems()), 0)?;
+                for (v, vec) in vecs.into_iter().enumerate() {
+                    cx.store_vf32(dst, add(cx, at, cx.c64(v as i64 * i64::from(dec.lanes())))?, vec)?;
+                }
+                Ok(())
+            })
+        })?;
+        let f32_gemm = Gemm {
+            cx,
+            dec: Decoder::new(cx, WeightFormat::F32)?,
+            n: self.n,
+            k: self.k,
+            row_bytes: 4 * self.k,
+            a: self.a,
+            w: panel,
+            w_first_row: Some(c0),
+            bias: self.bias,
+            out: self.out,
+        };
+        f32_gemm.rows(m, c0, c1)
+    }
+
+    /// Task `t`: its columns for all rows.
+    fn task(&self, t: IntValue<'ctx>, m: IntValue<'ctx>, cols_per_task: i64) -> Result<()> {
+        let (c0, c1) = self.columns(t, cols_per_task)?;
+        self.rows(m, c0, c1)
+    }
+
+    /// Columns `c0..c1` for all M rows: blocks of [`ROW_BLOCK`] rows, then single rows.
+    fn rows(&self, m: IntValue<'ctx>, c0: IntValue<'ctx>, c1: IntValue<'ctx>) -> Result<()> {
+        let (cx, b) = (self.cx, &self.cx.builder);
         let m_main = b.build_and(m, cx.c64(!(i64::from(ROW_BLOCK) - 1)), "m4").map_err(llvm_err)?;
         cx.for_range(cx.c64(0), m_main, i64::from(ROW_BLOCK), |i| self.sweep(i, ROW_BLOCK, c0, c1))?;
         cx.for_range(m_main, m, 1, |i| self.sweep(i, 1, c0, c1))
@@ -130,8 +206,12 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         let a_rows = (0..rows)
             .map(|r| cx.gep(cx.f32().into(), self.a, mul_add(cx, add(cx, i, cx.c64(r.into()))?, self.k, 0)?))
             .collect::<Result<Vec<_>>>()?;
+        let first = match self.w_first_row {
+            Some(c0) => cx.builder.build_int_sub(j, c0, "pj").map_err(llvm_err)?,
+            None => j,
+        };
         let w_rows = (0..cols)
-            .map(|c| cx.gep_bytes(self.w, mul_add(cx, add(cx, j, cx.c64(c.into()))?, self.row_bytes, 0)?))
+            .map(|c| cx.gep_bytes(self.w, mul_add(cx, add(cx, first, cx.c64(c.into()))?, self.row_bytes, 0)?))
             .collect::<Result<Vec<_>>>()?;
         let tile = Tile { rows, cols, sets: (8 / (rows * cols)).clamp(1, 4), a_rows, w_rows };
 
@@ -146,7 +226,10 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         let init = vec![BasicValueEnum::from(zero); (tile.sets * cols * rows) as usize];
         let accs = cx.for_range_acc(cx.c64(0), cx.c64(looped), per_iter, &init, |u, cur| {
             let mut accs: Vec<VectorValue<'ctx>> = cur.iter().map(|v| v.into_vector_value()).collect();
-            self.prefetch_next_tile(&tile, u, per_iter)?;
+            // A panel is already in cache (and prefetching past it would leave the allocation).
+            if self.w_first_row.is_none() {
+                self.prefetch_next_tile(&tile, u, per_iter)?;
+            }
             for s in 0..per_iter {
                 let first_vec = s as u32 * dec.vecs_per_unit();
                 self.unit(&tile, add(cx, u, cx.c64(s))?, first_vec, &mut accs)?;
