@@ -126,3 +126,30 @@ fn failed_compiles_leave_nothing_behind() {
         .collect();
     assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
 }
+
+#[test]
+fn portable_artifacts_for_x86_64_levels() {
+    let t = TempDir::new("compile-cpu");
+    let m = t.join("m");
+    ok(kiln(&["gen-model", "--arch", "llama", "--seed", "3", "-o", s(&m)]));
+    let prompt = ["--prompt", "the quick brown fox", "--max-tokens", "8"];
+    let native = t.join("native.kiln");
+    ok(kiln(&["compile", s(&m), "-o", s(&native)]));
+    let (want, _) = ok(kiln(&[&["run", s(&native)][..], &prompt[..]].concat()));
+    for level in ["x86-64", "x86-64-v3"] {
+        let art = t.join(&format!("{level}.kiln"));
+        ok(kiln(&["compile", s(&m), "-o", s(&art), "--target-cpu", level]));
+        let manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(art.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["target"]["cpu"], level);
+        let features = manifest["target"]["required_features"].to_string();
+        assert_eq!(features.contains("avx2"), level == "x86-64-v3", "{features}");
+        assert!(!features.contains("avx512"), "{features}");
+        let (got, _) = ok(kiln(&[&["run", s(&art)][..], &prompt[..]].concat()));
+        assert_eq!(got, want, "{level} artifact's greedy text differs from the native one");
+    }
+    fails_with(
+        kiln(&["compile", s(&m), "-o", s(&t.join("x.kiln")), "--target-cpu", "pentium9"]),
+        &["pentium9", "x86-64-v3"],
+    );
+}

@@ -55,6 +55,7 @@ fn build(
         max_context: 256,
         pipeline: pipeline.into(),
         extra_files: vec![],
+        target_cpu: "native".into(),
     };
     let weights = Overlay { derived: &report.derived, base: &ckpt };
     compile(&g, &weights, model, &opts, &out, &mut |_| {}).unwrap();
@@ -149,6 +150,7 @@ fn smollm2_reduced_precision_error_is_bounded() {
             max_context: 32,
             pipeline: String::new(),
             extra_files: vec![],
+            target_cpu: "native".into(),
         };
         compile(&g, &ckpt, model, &opts, &out, &mut |_| {}).unwrap();
         CpuModel::load(&out, 2).unwrap().forward(&prompt).unwrap()

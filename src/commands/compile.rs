@@ -33,6 +33,11 @@ pub struct CompileArgs {
     /// KV-cache capacity in tokens.
     #[arg(long, default_value_t = 2048)]
     pub max_context: usize,
+    /// The CPU to generate code for: native (this machine), or an x86-64 level (x86-64,
+    /// x86-64-v2, x86-64-v3 = AVX2/FMA, x86-64-v4 = AVX-512) so the artifact runs on any machine of
+    /// that level.
+    #[arg(long, default_value = "native")]
+    pub target_cpu: String,
     /// The pass pipeline (default: -O2 without merge-projections, see CPU_DEFAULT_PIPELINE;
     /// `moe-dispatch` is appended when the model has MoE layers), and --json for the report.
     #[command(flatten)]
@@ -92,6 +97,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
         max_context: args.max_context,
         pipeline: pipeline.clone(),
         extra_files: extra,
+        target_cpu: args.target_cpu.clone(),
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(100));

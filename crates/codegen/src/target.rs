@@ -171,6 +171,43 @@ pub fn host_machine() -> Result<TargetInfo> {
     create_machine(&host.triple, &host.cpu, &host.features, RelocMode::PIC, None)
 }
 
+/// x86-64 micro-architecture levels Kiln can compile for other than the host, with the LLVM
+/// features each implies (the psABI levels; `x86-64-v4` is AVX-512 F/BW/CD/DQ/VL).
+pub const X86_LEVELS: &[(&str, &str)] = &[
+    ("x86-64", "+sse2"),
+    ("x86-64-v2", "+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16"),
+    ("x86-64-v3", "+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe"),
+    (
+        "x86-64-v4",
+        "+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl",
+    ),
+];
+
+/// A target machine for the host OS and architecture but another CPU: `native` (the host), or an
+/// x86-64 level from [`X86_LEVELS`], so one artifact runs on every machine of that level.
+pub fn cpu_machine(cpu: &str) -> Result<TargetInfo> {
+    if cpu == "native" {
+        return host_machine();
+    }
+    let host = host_target()?;
+    let features = X86_LEVELS.iter().find(|(name, _)| *name == cpu).map(|(_, f)| *f).ok_or_else(|| {
+        let names: Vec<&str> = X86_LEVELS.iter().map(|(n, _)| *n).collect();
+        CodegenError::TargetMachine {
+            triple: host.triple.clone(),
+            cpu: format!("{cpu} (supported: native, {})", names.join(", ")),
+            features: String::new(),
+        }
+    })?;
+    if !host.triple.starts_with("x86_64") {
+        return Err(CodegenError::TargetMachine {
+            triple: host.triple,
+            cpu: cpu.to_string(),
+            features: features.into(),
+        });
+    }
+    create_machine(&host.triple, cpu, features, RelocMode::PIC, None)
+}
+
 /// Whether this LLVM build can generate PTX (`nvptx64`). No GPU is needed.
 pub fn nvptx_available() -> bool {
     init_nvptx();

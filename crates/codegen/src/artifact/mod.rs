@@ -8,7 +8,7 @@ mod safetensors;
 use crate::error::{CodegenError, Result};
 use crate::kernels::{compile_kernels, WeightFormat};
 use crate::plan::{plan, Plan, PlanOptions};
-use crate::target::{host_machine, TargetInfo};
+use crate::target::{cpu_machine, TargetInfo};
 use kiln_ir::interp::{Interpreter, WeightSource};
 use kiln_ir::Graph;
 use kiln_runtime::artifact::manifest::{checksum, FileEntry, Manifest, ModelDesc, TargetDesc, FORMAT_VERSION};
@@ -42,6 +42,8 @@ pub struct CompileOptions {
     pub pipeline: String,
     /// Files to copy next to the manifest (tokenizer.json, tokenizer_config.json).
     pub extra_files: Vec<PathBuf>,
+    /// The CPU to generate code for: `native` (this machine) or an x86-64 level (`x86-64-v3`).
+    pub target_cpu: String,
 }
 
 /// What a compile produced, for the CLI's report.
@@ -94,7 +96,7 @@ pub fn compile(
     let secs_plan = t.elapsed().as_secs_f64();
     let t = Instant::now();
     progress("generating kernels with LLVM");
-    let target = host_machine()?;
+    let target = cpu_machine(&opts.target_cpu)?;
     let object = compile_kernels(&plan.kernels, &target)?;
     let secs_llvm = t.elapsed().as_secs_f64();
 

@@ -144,7 +144,13 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
 
     /// Task `t` through a dequantized panel: its weight rows are decoded once into `panel` (f32,
     /// `cols_per_task × K`), then an f32 [`Gemm`] over the panel does all rows.
-    fn panel_task(&self, t: IntValue<'ctx>, m: IntValue<'ctx>, cols_per_task: i64, panel: PointerValue<'ctx>) -> Result<()> {
+    fn panel_task(
+        &self,
+        t: IntValue<'ctx>,
+        m: IntValue<'ctx>,
+        cols_per_task: i64,
+        panel: PointerValue<'ctx>,
+    ) -> Result<()> {
         let (cx, dec) = (self.cx, &self.dec);
         let (c0, c1) = self.columns(t, cols_per_task)?;
         let units = self.k / i64::from(dec.unit_elems());
