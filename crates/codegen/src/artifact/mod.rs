@@ -107,14 +107,13 @@ pub fn compile(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     let result = write_files(&tmp, &plan, &object, &target, model, opts);
-    let (files, library_bytes, weight_bytes) = match result {
+    let (library_bytes, weight_bytes) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
     };
-    let _ = files;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| io_err(out, format!("cannot replace the existing artifact: {e}")))?;
     }
@@ -139,7 +138,7 @@ fn write_files(
     target: &TargetInfo,
     model: ModelDesc,
     opts: &CompileOptions,
-) -> Result<(Vec<FileEntry>, u64, u64)> {
+) -> Result<(u64, u64)> {
     let so = dir.join("kernels.so");
     crate::link::link_shared(object, &so)?;
     let wpath = dir.join("weights.safetensors");
@@ -203,10 +202,10 @@ fn write_files(
         steps: plan.steps.clone(),
         inputs: plan.inputs.clone(),
         outputs: plan.outputs.clone(),
-        files: files.clone(),
+        files,
     };
     let mpath = dir.join("manifest.json");
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| io_err(&mpath, e))?;
     std::fs::write(&mpath, text).map_err(|e| io_err(&mpath, e))?;
-    Ok((files, library_bytes, weight_bytes))
+    Ok((library_bytes, weight_bytes))
 }

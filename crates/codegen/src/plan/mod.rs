@@ -40,8 +40,6 @@ pub struct Plan {
     pub kernels: Vec<(String, KernelSpec)>,
     pub buffers: Vec<BufferSpec>,
     pub kv_slots: Vec<KvSlotSpec>,
-    /// Slots no graph node names: cleared before every call.
-    pub scratch_slots: Vec<usize>,
     pub steps: Vec<Step>,
     pub inputs: Vec<NamedBuffer>,
     pub outputs: Vec<NamedBuffer>,
@@ -77,7 +75,6 @@ struct Planner<'a> {
     steps: Vec<Step>,
     weights: Vec<(String, Vec<u8>)>,
     kv_slots: Vec<KvSlotSpec>,
-    scratch_slots: Vec<usize>,
     fallbacks: Vec<String>,
 }
 
@@ -100,7 +97,6 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
         steps: Vec::new(),
         weights: Vec::new(),
         kv_slots: Vec::new(),
-        scratch_slots: Vec::new(),
         fallbacks: Vec::new(),
     };
     let mut inputs = Vec::new();
@@ -135,7 +131,6 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
         kernels: p.kernels,
         buffers: p.buffers,
         kv_slots: p.kv_slots,
-        scratch_slots: p.scratch_slots,
         steps: p.steps,
         inputs,
         outputs,
@@ -188,10 +183,8 @@ impl<'a> Planner<'a> {
         let label = self.label(n).to_string();
         let data = t.as_f32().ok_or_else(|| plan_err(&label, "integer weights are not supported"))?;
         let tensor = format!("w{}", self.weights.len());
-        let (bytes, format, elems) = match usage {
-            WeightUse::F32 => {
-                (data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), WeightFormat::F32, data.len())
-            }
+        let (bytes, format) = match usage {
+            WeightUse::F32 => (data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), WeightFormat::F32),
             WeightUse::Rows(f) | WeightUse::TransposedRows(f) => {
                 let [r, c] = t.shape[..] else {
                     return Err(plan_err(&label, format!("a weight matrix must be 2-D, found shape {:?}", t.shape)));
@@ -215,10 +208,9 @@ impl<'a> Planner<'a> {
                         .push(format!("{label}: rows of {k} are not whole {}-blocks; stored as f32", f.name()));
                     WeightFormat::F32
                 };
-                (crate::pack::pack(f, rows, k, &data)?, f, rows * k)
+                (crate::pack::pack(f, rows, k, &data)?, f)
             }
         };
-        let _ = elems;
         let len = bytes.len();
         self.weights.push((tensor.clone(), bytes));
         let elem = if format == WeightFormat::F32 { ElemType::F32 } else { ElemType::U8 };

@@ -312,11 +312,7 @@ impl Planner<'_> {
         }
         let slot = match node.attrs.int("cache") {
             Some(s) => s as usize,
-            None => {
-                let s = SCRATCH_SLOT_BASE + self.scratch_slots.len();
-                self.scratch_slots.push(s);
-                s
-            }
+            None => SCRATCH_SLOT_BASE + self.kv_slots.iter().filter(|k| k.scratch).count(),
         };
         if !self.kv_slots.iter().any(|k| k.slot == slot) {
             self.kv_slots.push(KvSlotSpec { slot, kv_heads, head_dim, scratch: slot >= SCRATCH_SLOT_BASE });

@@ -21,6 +21,8 @@ struct KvStore {
     ptrs: [*mut u8; 3],
     len: usize,
     scratch: bool,
+    /// The symbol holding `len` for the program, if any step reads it.
+    len_symbol: Option<usize>,
 }
 
 /// Where a buffer's memory is.
@@ -118,8 +120,11 @@ impl CpuModel {
             let (mut keys, mut values, mut positions) = (vec![0f32; n], vec![0f32; n], vec![0i32; m.max_context]);
             let ptrs =
                 [keys.as_mut_ptr() as *mut u8, values.as_mut_ptr() as *mut u8, positions.as_mut_ptr() as *mut u8];
-            caches
-                .insert(s.slot, KvStore { _keys: keys, _values: values, positions, ptrs, len: 0, scratch: s.scratch });
+            let len_symbol = m.symbols.iter().position(|sym| *sym == Symbol::CacheLen { slot: s.slot });
+            caches.insert(
+                s.slot,
+                KvStore { _keys: keys, _values: values, positions, ptrs, len: 0, scratch: s.scratch, len_symbol },
+            );
         }
         let find = |list: &[crate::artifact::manifest::NamedBuffer], name: &str| {
             list.iter()
@@ -301,9 +306,8 @@ impl CpuModel {
                 let added = dims[0] as usize;
                 let c = self.cache(slot)?;
                 c.len += added;
-                let len = c.len as i64;
-                if let Some(i) = self.art.manifest.symbols.iter().position(|s| *s == Symbol::CacheLen { slot }) {
-                    self.symbols[i] = len;
+                if let Some(i) = c.len_symbol {
+                    self.symbols[i] = c.len as i64;
                 }
             }
         }
