@@ -4,6 +4,7 @@
 mod commands;
 mod io;
 mod model_arg;
+mod offload_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Calibrate(commands::calibrate::CalibrateArgs),
     /// Perplexity, and agreement and KL divergence against the unmodified model, per pass pipeline.
     Eval(commands::eval::EvalArgs),
+    /// Summarize, plot and replay MoE expert-offloading traces (`--trace` of run/bench).
+    OffloadReport(commands::offload_report::OffloadReportArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => commands::compile::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Eval(args) => commands::eval::run(args),
+        Command::OffloadReport(args) => commands::offload_report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

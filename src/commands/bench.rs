@@ -2,13 +2,14 @@
 //! memory-bandwidth roofline of decoding (bytes of weights and KV cache read per token ÷ the
 //! measured read bandwidth).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_runtime::artifact::manifest::{BufArg, Storage};
 use kiln_runtime::cpu::CpuModel;
 use kiln_runtime::measure::{peak_rss, read_bandwidth};
+use kiln_runtime::offload::Trace;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -32,6 +33,69 @@ pub struct BenchArgs {
     pub profile: bool,
     #[arg(long)]
     pub json: bool,
+    /// Decode over the tokens of this text file (teacher-forced, one token per step) instead of
+    /// greedy generation: realistic routing for MoE offloading.
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Mixture-of-Experts offloading (compiled MoE artifacts).
+    #[command(flatten)]
+    pub offload: crate::offload_args::OffloadArgs,
+}
+
+/// Offloading results in the bench report.
+#[derive(Serialize)]
+struct OffloadSummary {
+    policy: String,
+    cache_experts: usize,
+    prefetch: usize,
+    budget_bytes: u64,
+    peak_fast_bytes: u64,
+    io: String,
+    decode_hit_rate: f64,
+    prefetch_precision: f64,
+    prefetch_recall: f64,
+    decode_bytes_loaded_per_token: f64,
+    decode_stall_secs_per_token: f64,
+}
+
+fn summarize(trace: &Trace, decode_tokens: u64) -> OffloadSummary {
+    let t = trace.decode_total();
+    let per = decode_tokens.max(1) as f64;
+    OffloadSummary {
+        policy: trace.policy.clone(),
+        cache_experts: trace.cache_experts,
+        prefetch: trace.prefetch,
+        budget_bytes: trace.budget_bytes,
+        peak_fast_bytes: trace.peak_fast_bytes,
+        io: trace.io.clone(),
+        decode_hit_rate: t.hit_rate(),
+        prefetch_precision: t.prefetch_precision(),
+        prefetch_recall: t.prefetch_recall(),
+        decode_bytes_loaded_per_token: t.bytes_loaded as f64 / per,
+        decode_stall_secs_per_token: t.stall_secs / per,
+    }
+}
+
+/// Writes an offloaded run's trace (`--trace`) and prints its summary line on stderr.
+pub fn report_trace(trace: &Trace, path: Option<&Path>) -> Result<()> {
+    if let Some(p) = path {
+        let text = serde_json::to_string(trace)?;
+        std::fs::write(p, text).with_context(|| format!("writing the trace {}", p.display()))?;
+    }
+    let t = trace.decode_total();
+    let tokens = trace.decode_calls.max(1);
+    eprintln!(
+        "[kiln] experts: policy {}, {}/{} per layer, prefetch {}; decode hit rate {:.1}%, prefetch recall {:.1}%, {:.1} MB loaded/token, {} reads",
+        trace.policy,
+        trace.cache_experts,
+        trace.experts,
+        trace.prefetch,
+        100.0 * t.hit_rate(),
+        100.0 * t.prefetch_recall(),
+        t.bytes_loaded as f64 / 1e6 / tokens as f64,
+        trace.io
+    );
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -50,6 +114,8 @@ struct Report {
     roofline_fraction: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<Vec<kiln_runtime::cpu::KernelProfile>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offload: Option<OffloadSummary>,
 }
 
 /// Weight and KV-cache bytes one decode step at context `len` reads.
@@ -86,7 +152,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--prompt-len and --gen must be at least 1");
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut model = CpuModel::load(&args.artifact, threads)?;
+    let offload = args.offload.config()?;
+    let mut model = CpuModel::load_with(&args.artifact, threads, offload.as_ref())?;
     let m = model.manifest().clone();
     if args.prompt_len + args.gen > m.max_context {
         bail!(
@@ -105,8 +172,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (state % m.model.vocab_size as u64) as u32
         })
         .collect();
+    // Teacher-forced decode tokens: the text's, or none (greedy generation).
+    let forced: Option<Vec<u32>> = match &args.text {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading --text {}", path.display()))?;
+            let tok = kiln_runtime::TextTokenizer::from_dir(&args.artifact, &m.model.eos_token_ids)?;
+            let ids = tok.encode(&text, false)?;
+            if ids.len() < args.gen + 1 {
+                bail!(
+                    "--text {} has {} tokens; --gen {} needs at least {}",
+                    path.display(),
+                    ids.len(),
+                    args.gen,
+                    args.gen + 1
+                );
+            }
+            Some(ids)
+        }
+        None => None,
+    };
     model.forward(&prompt[..prompt.len().min(8)])?;
     model.reset();
+    model.reset_offload_stats();
     if args.profile {
         model.enable_profile();
     }
@@ -120,11 +207,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut decode = f64::MAX;
     for _ in 0..args.repeat.max(1) {
         model.reset();
-        let mut tok = prompt[0];
+        let mut tok = forced.as_ref().map_or(prompt[0], |f| f[0]);
         let t = Instant::now();
-        for _ in 0..args.gen {
+        for i in 0..args.gen {
             let logits = model.forward(&[tok])?;
-            tok = kiln_runtime::sampler::argmax(&logits) as u32;
+            tok = match &forced {
+                Some(f) => f[i + 1],
+                None => kiln_runtime::sampler::argmax(&logits) as u32,
+            };
         }
         decode = decode.min(t.elapsed().as_secs_f64());
     }
@@ -134,13 +224,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let bytes = decode_bytes(&model, args.gen / 2);
     let decode_tps = args.gen as f64 / decode;
     let roofline = bw / bytes;
+    let prefill_tps = args.prompt_len as f64 / prefill;
+    let trace = model.offload_trace().map(|mut t| {
+        t.decode_tok_s = Some(decode_tps);
+        t.prefill_tok_s = Some(prefill_tps);
+        t
+    });
+    if let Some(t) = &trace {
+        report_trace(t, args.offload.trace.as_deref())?;
+    }
     let report = Report {
         artifact: args.artifact.display().to_string(),
         weights: m.weights_dtype.clone(),
         threads,
         prompt_len: args.prompt_len,
         gen: args.gen,
-        prefill_tok_per_s: args.prompt_len as f64 / prefill,
+        prefill_tok_per_s: prefill_tps,
         decode_tok_per_s: decode_tps,
         peak_rss_bytes: rss,
         read_bandwidth_gb_s: bw / 1e9,
@@ -148,6 +247,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         roofline_tok_per_s: roofline,
         roofline_fraction: decode_tps / roofline,
         profile: model.profile().map(|p| p.to_vec()),
+        offload: trace.as_ref().map(|t| summarize(t, t.decode_calls)),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Optimize the model's graph with a pass pipeline first (the same flags as `kiln opt`).
     #[command(flatten)]
     pub passes: crate::commands::opt::PassArgs,
+    /// Mixture-of-Experts offloading (compiled MoE artifacts).
+    #[command(flatten)]
+    pub offload: crate::offload_args::OffloadArgs,
 }
 
 struct Interp(InterpModel);
@@ -68,12 +71,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             bail!("{} is already compiled; passes are chosen at `kiln compile` time", args.model.display());
         }
         let t0 = std::time::Instant::now();
-        let model = kiln_runtime::cpu::CpuModel::load(&args.model, args.threads.unwrap_or_else(default_threads))?;
+        let offload = args.offload.config()?;
+        let threads = args.threads.unwrap_or_else(default_threads);
+        let mut model = kiln_runtime::cpu::CpuModel::load_with(&args.model, threads, offload.as_ref())?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "artifact loaded");
         let eos = model.manifest().model.eos_token_ids.clone();
         let tok = TextTokenizer::from_dir(&args.model, &eos)?;
         let vocab = model.manifest().model.vocab_size;
-        return generate_text(&args, model, &tok, vocab, &mut sampler);
+        generate_text(&args, &mut model, &tok, vocab, &mut sampler)?;
+        if let Some(trace) = model.offload_trace() {
+            crate::commands::bench::report_trace(&trace, args.offload.trace.as_deref())?;
+        }
+        return Ok(());
+    }
+    if args.offload.config()?.is_some() {
+        bail!("--expert-cache/--expert-budget offload a compiled artifact's experts; compile the model first (`kiln compile`)");
     }
     if !args.interp {
         bail!("{} is a model, not a compiled artifact: compile it with `kiln compile`, or pass --interp to run it through the reference interpreter", args.model.display());
@@ -86,7 +98,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let derived = args.passes.run(&mut graph, Some(&ckpt))?;
     let model = InterpModel::with_derived(&ckpt, &graph, &derived).context("loading the model")?;
     tracing::info!(secs = t0.elapsed().as_secs_f64(), "weights loaded");
-    generate_text(&args, Interp(model), &tok, ckpt.spec.vocab_size, &mut sampler)
+    generate_text(&args, &mut Interp(model), &tok, ckpt.spec.vocab_size, &mut sampler)
 }
 
 fn default_threads() -> usize {
@@ -95,7 +107,7 @@ fn default_threads() -> usize {
 
 fn generate_text(
     args: &RunArgs,
-    mut model: impl DecodeModel,
+    model: &mut impl DecodeModel,
     tok: &TextTokenizer,
     vocab_size: usize,
     sampler: &mut Sampler,
@@ -127,7 +139,7 @@ fn generate_text(
         }
     };
     let mut failure: Option<anyhow::Error> = None;
-    let result = generate(&mut model, &prompt, sampler, &tok.eos_ids, args.max_tokens, &mut |id| {
+    let result = generate(model, &prompt, sampler, &tok.eos_ids, args.max_tokens, &mut |id| {
         let piece = stream.push(id)?;
         if let Err(e) = write(&piece) {
             failure = Some(e);

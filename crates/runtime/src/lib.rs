@@ -16,6 +16,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod measure;
+pub mod offload;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -202,6 +202,7 @@ fn write_files(
         steps: plan.steps.clone(),
         inputs: plan.inputs.clone(),
         outputs: plan.outputs.clone(),
+        moe_layers: plan.moe_layers.clone(),
         files,
     };
     let mpath = dir.join("manifest.json");

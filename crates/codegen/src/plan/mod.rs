@@ -9,8 +9,13 @@
 //!   operand's memory.
 //! - `attention` becomes `kv_append` + `attention` over its KV-cache slot (a private scratch slot,
 //!   cleared every call, when the node has none).
+//! - Mixture-of-Experts layers (after `moe-dispatch`) are described for the runtime ([`moe`]), and
+//!   each but the first gets a speculative copy of its router on the previous layer's hidden state
+//!   ([`guess`]), for prefetching experts.
 
 mod dims;
+mod guess;
+mod moe;
 mod nodes;
 
 use crate::error::Result;
@@ -19,9 +24,10 @@ use dims::{plan_err, Symbols};
 use kiln_ir::interp::{Interpreter, Tensor};
 use kiln_ir::{Graph, NodeId, OpKind};
 use kiln_runtime::artifact::manifest::{
-    BufArg, BufferSpec, DimExpr, ElemType, KvSlotSpec, NamedBuffer, Step, Storage, Symbol,
+    BufArg, BufferSpec, DimExpr, ElemType, KvSlotSpec, MoeLayer, NamedBuffer, Step, Storage, Symbol,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 pub use dims::{add, scale};
@@ -47,6 +53,8 @@ pub struct Plan {
     pub weights: Vec<(String, Vec<u8>)>,
     /// Weight formats that fell back (a quantized format needs rows that are whole blocks).
     pub fallbacks: Vec<String>,
+    /// The Mixture-of-Experts layers, in program order (empty for dense models).
+    pub moe_layers: Vec<MoeLayer>,
 }
 
 /// How a weight value is stored.
@@ -69,6 +77,8 @@ struct Planner<'a> {
     buffers: Vec<BufferSpec>,
     /// Buffer of each computed value.
     value_buf: HashMap<NodeId, usize>,
+    /// The steps each run-time node was planned into (speculative copies not included).
+    node_steps: HashMap<NodeId, Range<usize>>,
     weight_buf: HashMap<(NodeId, WeightUse), (usize, WeightFormat)>,
     kernels: Vec<(String, KernelSpec)>,
     kernel_index: HashMap<String, usize>,
@@ -91,6 +101,7 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
         syms: Symbols::new(),
         buffers: Vec::new(),
         value_buf: HashMap::new(),
+        node_steps: HashMap::new(),
         weight_buf: HashMap::new(),
         kernels: Vec::new(),
         kernel_index: HashMap::new(),
@@ -99,13 +110,25 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
         kv_slots: Vec::new(),
         fallbacks: Vec::new(),
     };
+    let statics: HashSet<NodeId> = order.iter().copied().filter(|&n| interp.is_static(n)).collect();
+    let layers = moe::find(graph, &order, &statics, &p.labels);
+    // Each speculative router copy goes right after the value it reads is computed: as early as
+    // possible, so the guess is ready before the previous layer's experts run.
+    let mut guesses_after: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    for (j, layer) in layers.iter().enumerate() {
+        if let Some(g) = &layer.guess {
+            guesses_after.entry(g.from).or_default().push(j);
+        }
+    }
+    let mut guesses = vec![None; layers.len()];
     let mut inputs = Vec::new();
     let mut outputs = Vec::new();
     for &n in &order {
         let node = graph.node(n);
-        if interp.is_static(n) {
+        if statics.contains(&n) {
             continue;
         }
+        let first_step = p.steps.len();
         match node.op {
             OpKind::Input => {
                 let name = node.attrs.str("name").unwrap_or_default().to_string();
@@ -125,7 +148,14 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
             }
             _ => p.node(n)?,
         }
+        p.node_steps.insert(n, first_step..p.steps.len());
+        for &j in guesses_after.get(&n).map(Vec::as_slice).unwrap_or_default() {
+            if let Some(g) = &layers[j].guess {
+                guesses[j] = p.guess(j, g)?;
+            }
+        }
     }
+    let moe_layers = moe::annotate(&p, &order, &layers, &guesses, &outputs)?;
     Ok(Plan {
         symbols: p.syms.list,
         kernels: p.kernels,
@@ -136,6 +166,7 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
         outputs,
         weights: p.weights,
         fallbacks: p.fallbacks,
+        moe_layers,
     })
 }
 
@@ -242,7 +273,7 @@ impl<'a> Planner<'a> {
     ) -> &mut Step {
         let kernel = self.kernel(spec);
         let label = self.label(n).to_string();
-        self.steps.push(Step { kernel, label, dims, bufs, tasks, binds: None, appends_to: None });
+        self.steps.push(Step { kernel, label, dims, bufs, tasks, binds: None, appends_to: None, speculative: None });
         self.steps.last_mut().expect("just pushed")
     }
 }

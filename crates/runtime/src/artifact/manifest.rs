@@ -34,6 +34,11 @@ pub struct Manifest {
     /// Graph inputs (`tokens`, `positions`) and outputs (`logits`) by name → buffer.
     pub inputs: Vec<NamedBuffer>,
     pub outputs: Vec<NamedBuffer>,
+    /// The Mixture-of-Experts layers, in program order: which buffers hold each expert's weights
+    /// and router decisions, so the runtime can offload experts (`--expert-cache`). Empty for dense
+    /// models and for artifacts without an explicit dispatch (`moe-dispatch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moe_layers: Vec<MoeLayer>,
     /// The other files of the artifact, with sizes and checksums.
     pub files: Vec<FileEntry>,
 }
@@ -190,6 +195,43 @@ pub struct Step {
     /// After the call, this KV-cache slot grows by `dims[0]` entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appends_to: Option<usize>,
+    /// A speculative step: part of the copy of MoE layer `N`'s router that runs on the previous
+    /// MoE layer's hidden state (its result is [`MoeLayer::guess`]). Only needed when experts are
+    /// offloaded with prefetch; the runtime skips it otherwise. Its results feed nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<usize>,
+}
+
+/// One Mixture-of-Experts layer of the program (after `moe-dispatch`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MoeLayer {
+    /// The step writing the router's choice `selected` (`top_k`): after it, the runtime knows
+    /// which experts this layer needs.
+    pub select_step: usize,
+    /// The router's choice: i32 `[T, top_k]` expert indices.
+    pub selected: usize,
+    /// The router's scores the choice was made from: f32 `[T, experts]` (monotone in the
+    /// probabilities: softmax output or logits).
+    pub scores: usize,
+    pub top_k: usize,
+    /// By expert number.
+    pub experts: Vec<ExpertSpec>,
+    /// The guessed scores `[T, experts]`: this layer's router applied to the previous MoE layer's
+    /// hidden state, computed by the steps marked `speculative` with this layer's index, the last
+    /// of which is `guess_step`. None for the first MoE layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guess: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guess_step: Option<usize>,
+}
+
+/// One expert of a MoE layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExpertSpec {
+    /// The symbol counting the rows routed to this expert (bound by its `nonzero` step).
+    pub rows_symbol: usize,
+    /// Weight buffers read only by this expert's steps (its FFN matrices).
+    pub weights: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub struct WeightFile {
+    path: std::path::PathBuf,
     map: Mmap,
     /// Byte range of each tensor within the map.
     tensors: HashMap<String, (usize, usize)>,
@@ -45,7 +46,16 @@ impl WeightFile {
             }
             tensors.insert(name.clone(), (base + b, base + e));
         }
-        Ok(WeightFile { map, tensors })
+        Ok(WeightFile { path: path.to_path_buf(), map, tensors })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A tensor's byte range in the file.
+    pub fn range(&self, name: &str) -> Option<(u64, u64)> {
+        self.tensors.get(name).map(|&(b, e)| (b as u64, e as u64))
     }
 
     /// A tensor's bytes.

@@ -6,6 +6,7 @@ pub mod pool;
 use crate::artifact::manifest::{BufArg, ElemType, Storage, Symbol};
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
+use crate::offload::{ExpertCache, OffloadConfig, Trace};
 use pool::{KernelFn, Pool};
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,6 +35,30 @@ enum Memory {
     Weight(*const u8),
     /// Another buffer's memory plus an element offset (evaluated per call).
     Alias(usize),
+    /// An offloaded expert's weights: bytes at an offset of the expert's slot in the fast tier
+    /// (resident whenever a step that reads it runs).
+    Expert { layer: usize, expert: usize, offset: usize },
+}
+
+/// What the executor does around a step when experts are offloaded.
+#[derive(Clone, Copy, Debug, Default)]
+struct StepRole {
+    /// Reads these offloaded weights: (layer, expert).
+    expert: Option<(usize, usize)>,
+    /// The last step reading that expert's weights.
+    releases: bool,
+    /// Writes this MoE layer's router choice.
+    selects: Option<usize>,
+    /// Finishes this MoE layer's speculative guess.
+    guesses: Option<usize>,
+    /// Part of a speculative router copy.
+    speculative: bool,
+}
+
+/// Expert offloading state of a model.
+struct Offload {
+    cache: ExpertCache,
+    roles: Vec<StepRole>,
 }
 
 /// Time and calls per kernel family, when profiling.
@@ -56,6 +81,7 @@ pub struct CpuModel {
     positions_input: usize,
     logits_output: usize,
     profile: Option<Vec<KernelProfile>>,
+    offload: Option<Offload>,
 }
 
 fn exec_err(msg: impl Into<String>) -> RuntimeError {
@@ -65,6 +91,11 @@ fn exec_err(msg: impl Into<String>) -> RuntimeError {
 impl CpuModel {
     /// Loads and checks the artifact in `dir`; `threads` workers (including the caller).
     pub fn load(dir: &Path, threads: usize) -> Result<CpuModel> {
+        CpuModel::load_with(dir, threads, None)
+    }
+
+    /// [`CpuModel::load`], with the MoE experts offloaded to the slow tier when `offload` is given.
+    pub fn load_with(dir: &Path, threads: usize, offload: Option<&OffloadConfig>) -> Result<CpuModel> {
         let art = Artifact::open(dir)?;
         let m = &art.manifest;
         let mut kernels = Vec::with_capacity(m.kernels.len());
@@ -136,6 +167,10 @@ impl CpuModel {
         let positions_input = find(&m.inputs, "positions")?;
         let logits_output = find(&m.outputs, "logits")?;
         let symbols = vec![0; m.symbols.len()];
+        let offload = match offload {
+            Some(cfg) => Some(Self::offload(&art, cfg, &mut memory)?),
+            None => None,
+        };
         Ok(CpuModel {
             kernels,
             memory,
@@ -147,8 +182,63 @@ impl CpuModel {
             positions_input,
             logits_output,
             profile: None,
+            offload,
             art,
         })
+    }
+
+    /// Sets up the expert cache and re-points the experts' weight buffers at it.
+    fn offload(art: &Artifact, cfg: &OffloadConfig, memory: &mut [Memory]) -> Result<Offload> {
+        let m = &art.manifest;
+        let range = |b: usize| match &m.buffers.get(b)?.storage {
+            Storage::Weight { tensor } => art.weights.range(tensor),
+            _ => None,
+        };
+        let cache = ExpertCache::new(art.weights.path(), &m.moe_layers, &m.buffers, range, cfg)?;
+        for (b, mem) in memory.iter_mut().enumerate() {
+            if let Some((layer, expert, offset)) = cache.placement(b) {
+                *mem = Memory::Expert { layer, expert, offset };
+            }
+        }
+        let mut roles = vec![StepRole::default(); m.steps.len()];
+        for (i, step) in m.steps.iter().enumerate() {
+            roles[i].speculative = step.speculative.is_some();
+            for a in &step.bufs {
+                if let BufArg::Buffer { id } = a {
+                    if let Some((layer, expert, _)) = cache.placement(*id) {
+                        roles[i].expert = Some((layer, expert));
+                    }
+                }
+            }
+        }
+        for (li, l) in m.moe_layers.iter().enumerate() {
+            let bad_step = |s: usize| {
+                RuntimeError::Artifact(format!("MoE layer {li} names step {s}, beyond the program's {}", m.steps.len()))
+            };
+            roles.get_mut(l.select_step).ok_or_else(|| bad_step(l.select_step))?.selects = Some(li);
+            if let Some(g) = l.guess_step {
+                roles.get_mut(g).ok_or_else(|| bad_step(g))?.guesses = Some(li);
+            }
+            for e in 0..l.experts.len() {
+                if let Some(last) = roles.iter().rposition(|r| r.expert == Some((li, e))) {
+                    roles[last].releases = true;
+                }
+            }
+        }
+        Ok(Offload { cache, roles })
+    }
+
+    /// The offloading counters and events so far (None without offloading).
+    pub fn offload_trace(&self) -> Option<Trace> {
+        let name = self.art.dir.display().to_string();
+        self.offload.as_ref().map(|o| o.cache.trace(&name))
+    }
+
+    /// Forgets the offloading counters (the cache's contents stay).
+    pub fn reset_offload_stats(&mut self) {
+        if let Some(o) = self.offload.as_mut() {
+            o.cache.reset_stats();
+        }
     }
 
     pub fn manifest(&self) -> &crate::artifact::Manifest {
@@ -234,6 +324,14 @@ impl CpuModel {
                 // SAFETY: the planner sized the aliased buffer to hold this view.
                 unsafe { self.ptr(of).add(offset) }
             }
+            Memory::Expert { layer, expert, offset } => {
+                let o = self.offload.as_ref().expect("expert memory only exists with offloading");
+                match o.cache.resident(*layer, *expert) {
+                    // SAFETY: the slot holds the expert's whole layout.
+                    Some(p) => unsafe { p.add(*offset) },
+                    None => std::ptr::null_mut(),
+                }
+            }
         }
     }
 
@@ -263,7 +361,14 @@ impl CpuModel {
         let nsteps = self.art.manifest.steps.len();
         let mut dims: Vec<i64> = Vec::with_capacity(16);
         let mut bufs: Vec<*mut u8> = Vec::with_capacity(8);
+        if let Some(o) = self.offload.as_mut() {
+            o.cache.begin_call(t);
+        }
         for si in 0..nsteps {
+            let role = self.offload.as_ref().map(|o| o.roles[si]).unwrap_or_default();
+            if self.before_step(si, role)? {
+                continue;
+            }
             let step = &self.art.manifest.steps[si];
             dims.clear();
             dims.extend(step.dims.iter().map(|d| d.eval(&self.symbols)));
@@ -310,6 +415,12 @@ impl CpuModel {
                     self.symbols[i] = c.len as i64;
                 }
             }
+            if self.offload.is_some() {
+                self.after_step(role, t)?;
+            }
+        }
+        if let Some(o) = self.offload.as_mut() {
+            o.cache.end_call();
         }
         self.position += t;
         let out = &self.art.manifest.buffers[self.logits_output];
@@ -322,6 +433,55 @@ impl CpuModel {
         let all = unsafe { std::slice::from_raw_parts(p, n) };
         let vocab = self.art.manifest.model.vocab_size;
         Ok(all[n.saturating_sub(vocab)..].to_vec())
+    }
+
+    /// Expert offloading before step `si`: whether to skip it (a speculative step without
+    /// prefetch, an expert no token was routed to); otherwise makes its expert resident.
+    fn before_step(&mut self, si: usize, role: StepRole) -> Result<bool> {
+        let Some(o) = self.offload.as_mut() else {
+            // Speculative router copies only matter to the expert cache.
+            return Ok(self.art.manifest.steps[si].speculative.is_some());
+        };
+        if role.speculative && o.cache.prefetch() == 0 {
+            return Ok(true);
+        }
+        if let Some((layer, expert)) = role.expert {
+            let sym = self.art.manifest.moe_layers[layer].experts[expert].rows_symbol;
+            if self.symbols[sym] == 0 {
+                return Ok(true);
+            }
+            o.cache.acquire(layer, expert)?;
+        }
+        Ok(false)
+    }
+
+    /// Expert offloading after a step: hands router choices and guesses to the cache.
+    fn after_step(&mut self, role: StepRole, t: usize) -> Result<()> {
+        let m = &self.art.manifest;
+        if let Some(li) = role.selects {
+            let l = &m.moe_layers[li];
+            let e = l.experts.len();
+            // SAFETY: the router step wrote [t, top_k] i32 and its scores [t, experts] f32.
+            let (sel, scores) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.ptr(l.selected) as *const i32, t * l.top_k),
+                    std::slice::from_raw_parts(self.ptr(l.scores) as *const f32, t * e),
+                )
+            };
+            self.offload.as_mut().expect("offloading").cache.routed(li, sel, scores)?;
+        }
+        if let Some(li) = role.guesses {
+            let l = &m.moe_layers[li];
+            if let Some(g) = l.guess {
+                // SAFETY: the speculative steps wrote [t, experts] f32.
+                let scores = unsafe { std::slice::from_raw_parts(self.ptr(g) as *const f32, t * l.experts.len()) };
+                self.offload.as_mut().expect("offloading").cache.guessed(li, scores);
+            }
+        }
+        if let Some((layer, expert)) = role.expert.filter(|_| role.releases) {
+            self.offload.as_mut().expect("offloading").cache.release(layer, expert);
+        }
+        Ok(())
     }
 
     fn cache_ref(&self, slot: usize) -> Result<&KvStore> {
