@@ -8,7 +8,7 @@
 #   bench/offload.sh ARTIFACT [OUT_DIR]     (default OUT_DIR: target/bench/offload/<artifact name>)
 #
 # Environment: THREADS (default 1), KILN (default ./target/release/kiln), PROMPT_LEN (64), GEN (64),
-# REPEAT (3: best of), PREFETCH (the prefetch counts to sweep; default "0 1 top_k"), TEXT (decode
+# REPEAT (3: best of), POLICIES (default "lru lfu router-ema"), PREFETCH (the prefetch counts to sweep; default "0 1 top_k"), TEXT (decode
 # teacher-forced over this text for real routing; default /usr/share/common-licenses/GPL-3 when it
 # exists, else greedy generation).
 # Writes OUT_DIR/<policy>-p<prefetch>-k<K>.json (traces), OUT_DIR/bench/*.json (the bench reports),
@@ -44,7 +44,8 @@ echo "$art: $experts experts per layer, top-$top_k; results in $out" >&2
 
 mkdir -p "$out/bench"
 # Old traces (of this script's names only) would mix into the report.
-rm -f "$out"/{none,lru,lfu,router-ema}-p*-k*.json
+policies="${POLICIES:-lru lfu router-ema}"
+for policy in none $policies; do rm -f "$out/$policy"-p*-k*.json; done
 
 common=(--prompt-len "${PROMPT_LEN:-64}" --gen "${GEN:-64}" --threads "$threads" --repeat "${REPEAT:-3}" --json)
 text="${TEXT-/usr/share/common-licenses/GPL-3}"
@@ -63,7 +64,7 @@ bench() {
 bench plain
 bench none-p0-k"$top_k" --expert-cache "$top_k" --policy none --trace "$out/none-p0-k$top_k.json"
 bench lru-p0-k"$experts" --expert-cache "$experts" --policy lru --trace "$out/lru-p0-k$experts.json"
-for policy in lru lfu router-ema; do
+for policy in $policies; do
     for prefetch in $prefetches; do
         for ((k = top_k; k < experts; k++)); do
             name="$policy-p$prefetch-k$k"

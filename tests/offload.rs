@@ -181,3 +181,34 @@ fn dense_artifacts_cannot_offload() {
     let msg = CpuModel::load_with(&art, 1, Some(&c)).err().expect("refused").to_string();
     assert!(msg.contains("has no MoE layers"), "{msg}");
 }
+
+#[test]
+fn cli_runs_offloaded_writes_a_trace_and_refuses_small_budgets() {
+    use support::cli::{fails_with_one_line, kiln, ok};
+    let t = TempDir::new("offload-cli");
+    let dir = t.join("m");
+    let opts = SynthOptions { experts: Some(4), ..SynthOptions::defaults(Arch::Mixtral) };
+    kiln_models::write_synthetic_model(&opts, &dir).unwrap();
+    let art = t.join("m.kiln");
+    let (d, a) = (dir.to_str().unwrap(), art.to_str().unwrap());
+    ok(kiln(&["compile", d, "-o", a]));
+    let prompt = ["--prompt", "offloading experts", "--max-tokens", "12"];
+    let (resident, _) = ok(kiln(&[&["run", a][..], &prompt].concat()));
+    let trace = t.join("t.json");
+    let tr = trace.to_str().unwrap();
+    let flags = ["--expert-budget", "1G", "--policy", "lfu", "--prefetch", "1", "--trace", tr];
+    let (offloaded, err) = ok(kiln(&[&["run", a][..], &prompt, &flags].concat()));
+    assert_eq!(offloaded, resident, "offloaded text differs");
+    assert!(err.contains("[kiln] experts: policy lfu"), "{err}");
+    let (report, _) = ok(kiln(&["offload-report", tr]));
+    assert!(report.contains("lfu"), "{report}");
+    // Without prefetch the runtime's counters equal the independent replay.
+    let flags = ["--expert-cache", "2", "--policy", "lru", "--trace", tr];
+    ok(kiln(&[&["run", a][..], &prompt, &flags].concat()));
+    let (replay, _) = ok(kiln(&["offload-report", tr, "--replay"]));
+    assert!(replay.contains("matches the replay"), "{replay}");
+    let err =
+        fails_with_one_line(kiln(&["run", a, "--prompt", "x", "--expert-budget", "10K"]), &["below the minimum of"]);
+    assert!(err.contains("bytes"), "{err}");
+    fails_with_one_line(kiln(&["run", a, "--prompt", "x", "--prefetch", "2"]), &["--prefetch needs --expert-cache"]);
+}

@@ -33,8 +33,9 @@ pub struct BenchArgs {
     pub profile: bool,
     #[arg(long)]
     pub json: bool,
-    /// Decode over the tokens of this text file (teacher-forced, one token per step) instead of
-    /// greedy generation: realistic routing for MoE offloading.
+    /// Decode over the tokens of this text file (teacher-forced, one token per step; each repeat
+    /// takes the next --gen tokens) instead of greedy generation: realistic routing for MoE
+    /// offloading.
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
     /// Mixture-of-Experts offloading (compiled MoE artifacts).
@@ -178,13 +179,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading --text {}", path.display()))?;
             let tok = kiln_runtime::TextTokenizer::from_dir(&args.artifact, &m.model.eos_token_ids)?;
             let ids = tok.encode(&text, false)?;
-            if ids.len() < args.gen + 1 {
+            // Each repeat decodes the next `gen` tokens, so no routing is seen twice.
+            let need = args.gen * args.repeat.max(1) + 1;
+            if ids.len() < need {
                 bail!(
-                    "--text {} has {} tokens; --gen {} needs at least {}",
+                    "--text {} has {} tokens; --gen {} × --repeat {} needs at least {need}",
                     path.display(),
                     ids.len(),
                     args.gen,
-                    args.gen + 1
+                    args.repeat.max(1)
                 );
             }
             Some(ids)
@@ -205,14 +208,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         prefill = prefill.min(t.elapsed().as_secs_f64());
     }
     let mut decode = f64::MAX;
-    for _ in 0..args.repeat.max(1) {
+    for r in 0..args.repeat.max(1) {
         model.reset();
-        let mut tok = forced.as_ref().map_or(prompt[0], |f| f[0]);
+        let at = r * args.gen;
+        let mut tok = forced.as_ref().map_or(prompt[0], |f| f[at]);
         let t = Instant::now();
         for i in 0..args.gen {
             let logits = model.forward(&[tok])?;
             tok = match &forced {
-                Some(f) => f[i + 1],
+                Some(f) => f[at + i + 1],
                 None => kiln_runtime::sampler::argmax(&logits) as u32,
             };
         }

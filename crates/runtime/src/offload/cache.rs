@@ -349,9 +349,11 @@ impl ExpertCache {
         let mut missed = Vec::new();
         let mut st = LayerStats::default();
         if let Some(g) = &guess {
+            let right = g.iter().filter(|&&x| chosen[x]).count();
             st.guessed += g.len() as u64;
-            st.guessed_right += g.iter().filter(|&&x| chosen[x]).count() as u64;
+            st.guessed_right += right as u64;
             st.chosen_with_guess += chosen_list.len() as u64;
+            self.layers[layer].policy.guess_outcome(g.len(), right);
         }
         for &x in &chosen_list {
             let l = &mut self.layers[layer];

@@ -22,6 +22,8 @@ pub trait Policy: Send {
     fn worth_prefetching(&self, _expert: usize, _prob: f32, _victim: usize) -> bool {
         true
     }
+    /// Of `guessed` experts guessed for a routing, `right` were chosen.
+    fn guess_outcome(&mut self, _guessed: usize, _right: usize) {}
 }
 
 /// A fresh policy of `kind` for a layer of `experts` experts.
@@ -83,6 +85,8 @@ impl Policy for Lfu {
 /// one that came second five times running both stay.
 struct RouterEma {
     mean: Vec<f32>,
+    /// Recent fraction of this layer's guesses that were right (starts optimistic).
+    precision: f32,
 }
 
 impl RouterEma {
@@ -90,9 +94,15 @@ impl RouterEma {
     /// {0.1, 0.25, 0.5} with and without a bonus for being chosen: 0.25 without one was best at
     /// every cache size (docs/offload.md).
     const ALPHA: f32 = 0.25;
+    /// Guesses keep being made and scored, but a layer whose recent guesses were right less than
+    /// half the time stops evicting for them: in early layers the hidden state still changes a
+    /// lot from one layer to the next (SmolLM2-moefy: 21% precision at layer 1, over 90% past
+    /// layer 12), and a wrong prefetch costs a load and a useful expert.
+    const MIN_PRECISION: f32 = 0.5;
+    const PRECISION_ALPHA: f32 = 0.1;
 
     fn new(experts: usize) -> RouterEma {
-        RouterEma { mean: vec![0.0; experts] }
+        RouterEma { mean: vec![0.0; experts], precision: 1.0 }
     }
 }
 
@@ -112,7 +122,14 @@ impl Policy for RouterEma {
     /// victim's (`m_v`, its expected probability being its average): a prefetch never evicts an
     /// expert the policy itself would rather keep.
     fn worth_prefetching(&self, expert: usize, prob: f32, victim: usize) -> bool {
-        (1.0 - Self::ALPHA) * self.mean[expert] + Self::ALPHA * prob > self.mean[victim]
+        self.precision >= Self::MIN_PRECISION
+            && (1.0 - Self::ALPHA) * self.mean[expert] + Self::ALPHA * prob > self.mean[victim]
+    }
+    fn guess_outcome(&mut self, guessed: usize, right: usize) {
+        if guessed > 0 {
+            let p = right as f32 / guessed as f32;
+            self.precision = (1.0 - Self::PRECISION_ALPHA) * self.precision + Self::PRECISION_ALPHA * p;
+        }
     }
 }
 
@@ -247,6 +264,27 @@ mod tests {
         let seq: &[&[usize]] = &[&[0], &[1], &[2], &[0]];
         assert_eq!(run(PolicyKind::Lru, 2, seq, &probs), (0, 4));
         assert_eq!(run(PolicyKind::RouterEma, 2, seq, &probs), (1, 3));
+    }
+
+    #[test]
+    fn router_ema_prefetches_only_what_it_would_keep_and_only_while_guesses_are_right() {
+        let mut p = new_policy(PolicyKind::RouterEma, 4);
+        p.scores(&[0.7, 0.1, 0.1, 0.1]);
+        // Expert 0 carries mass; a lukewarm guess of 1 must not evict it, a confident one may
+        // evict the cold expert 2.
+        assert!(!p.worth_prefetching(1, 0.3, 0));
+        assert!(p.worth_prefetching(1, 0.6, 2));
+        // A run of wrong guesses switches prefetching off; right ones switch it back on.
+        for _ in 0..20 {
+            p.guess_outcome(2, 0);
+        }
+        assert!(!p.worth_prefetching(1, 0.9, 2));
+        for _ in 0..20 {
+            p.guess_outcome(2, 2);
+        }
+        assert!(p.worth_prefetching(1, 0.9, 2));
+        // The paper's LRU prefetches every guess.
+        assert!(new_policy(PolicyKind::Lru, 4).worth_prefetching(1, 0.0, 0));
     }
 
     #[test]
