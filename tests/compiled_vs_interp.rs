@@ -3,14 +3,12 @@
 
 mod support;
 
-use kiln_codegen::artifact::{compile, CompileOptions};
 use kiln_codegen::kernels::WeightFormat;
 use kiln_ir::interp::Overlay;
 use kiln_models::{Arch, Checkpoint, InterpModel, LowerOptions, SynthOptions};
 use kiln_passes::{Instrumentation, PassManager};
-use kiln_runtime::artifact::manifest::ModelDesc;
 use kiln_runtime::cpu::CpuModel;
-use support::{rel_l2, TempDir};
+use support::{rel_l2, TempDir, TestArtifact};
 
 /// Compiles `dir` with `pipeline` and `format`; returns the artifact path.
 fn build(
@@ -42,23 +40,9 @@ fn build(
     }
     let reference = InterpModel::with_derived(&ckpt, &g, &seen).unwrap();
     let out = t.join(&format!("{tag}.kiln"));
-    let model = ModelDesc {
-        name: tag.into(),
-        arch: "test".into(),
-        vocab_size: ckpt.spec.vocab_size,
-        eos_token_ids: vec![],
-        config: serde_json::Value::Null,
-    };
-    let opts = CompileOptions {
-        weights: format,
-        max_tokens: 128,
-        max_context: 256,
-        pipeline: pipeline.into(),
-        extra_files: vec![],
-        target_cpu: "native".into(),
-    };
     let weights = Overlay { derived: &report.derived, base: &ckpt };
-    compile(&g, &weights, model, &opts, &out, &mut |_| {}).unwrap();
+    let spec = TestArtifact { format, pipeline, max_tokens: 128, max_context: 256 };
+    support::compile_for_test(&g, &weights, ckpt.spec.vocab_size, &spec, &out);
     (out, reference)
 }
 
@@ -137,22 +121,8 @@ fn smollm2_reduced_precision_error_is_bounded() {
         let ckpt = Checkpoint::open(&dir).unwrap();
         let g = ckpt.graph(&LowerOptions::default()).unwrap();
         let out = t.join(&format!("{}.kiln", format.name()));
-        let model = ModelDesc {
-            name: "smollm2".into(),
-            arch: "llama".into(),
-            vocab_size: ckpt.spec.vocab_size,
-            eos_token_ids: vec![],
-            config: serde_json::Value::Null,
-        };
-        let opts = CompileOptions {
-            weights: format,
-            max_tokens: 16,
-            max_context: 32,
-            pipeline: String::new(),
-            extra_files: vec![],
-            target_cpu: "native".into(),
-        };
-        compile(&g, &ckpt, model, &opts, &out, &mut |_| {}).unwrap();
+        let spec = TestArtifact { format, pipeline: "", max_tokens: 16, max_context: 32 };
+        support::compile_for_test(&g, &ckpt, ckpt.spec.vocab_size, &spec, &out);
         CpuModel::load(&out, 2).unwrap().forward(&prompt).unwrap()
     };
     let exact = logits(WeightFormat::F32);

@@ -5,17 +5,15 @@
 
 mod support;
 
-use kiln_codegen::artifact::{compile, CompileOptions};
 use kiln_codegen::kernels::WeightFormat;
 use kiln_ir::interp::Overlay;
 use kiln_models::{Arch, Checkpoint, LowerOptions, SynthOptions};
 use kiln_passes::{Instrumentation, PassManager};
-use kiln_runtime::artifact::manifest::ModelDesc;
 use kiln_runtime::cpu::CpuModel;
 use kiln_runtime::offload::policy::{replay, Routed};
 use kiln_runtime::offload::{CacheSize, OffloadConfig, PolicyKind, Trace};
 use std::path::{Path, PathBuf};
-use support::TempDir;
+use support::{TempDir, TestArtifact};
 
 /// The CLI's -O2 for the CPU (without merge-projections, as `kiln compile` runs it).
 const O2: &str = "canonicalize,cse,const-fold,eqsat{rules=rope+layout+algebra},fuse-elementwise,cse,dce";
@@ -26,23 +24,9 @@ fn build(t: &TempDir, dir: &Path, pipeline: &str, format: WeightFormat) -> PathB
     let pm = PassManager::parse(pipeline, Instrumentation::default()).unwrap();
     let report = pm.run_with_weights(&mut g, Some(&ckpt), &mut std::io::sink()).unwrap();
     let out = t.join("a.kiln");
-    let model = ModelDesc {
-        name: "offload".into(),
-        arch: "test".into(),
-        vocab_size: ckpt.spec.vocab_size,
-        eos_token_ids: vec![],
-        config: serde_json::Value::Null,
-    };
-    let opts = CompileOptions {
-        weights: format,
-        max_tokens: 16,
-        max_context: 128,
-        pipeline: pipeline.into(),
-        extra_files: vec![],
-        target_cpu: "native".into(),
-    };
     let weights = Overlay { derived: &report.derived, base: &ckpt };
-    compile(&g, &weights, model, &opts, &out, &mut |_| {}).unwrap();
+    let spec = TestArtifact { format, pipeline, max_tokens: 16, max_context: 128 };
+    support::compile_for_test(&g, &weights, ckpt.spec.vocab_size, &spec, &out);
     out
 }
 

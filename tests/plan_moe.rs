@@ -362,7 +362,6 @@ fn dense_models_have_no_moe_layers() {
 
 #[test]
 fn compiled_artifact_records_moe_layers_and_guesses_change_nothing() {
-    use kiln_codegen::artifact::{compile, CompileOptions};
     let t = TempDir::new("plan-moe-art");
     let dir = t.join("m");
     kiln_models::write_synthetic_model(&mixtral(2, 4, 2), &dir).unwrap();
@@ -371,23 +370,10 @@ fn compiled_artifact_records_moe_layers_and_guesses_change_nothing() {
     let pm = PassManager::parse("moe-dispatch", Instrumentation::default()).unwrap();
     let report = pm.run_with_weights(&mut g, Some(&ckpt), &mut std::io::sink()).unwrap();
     let weights = Overlay { derived: &report.derived, base: &ckpt };
-    let model = kiln_runtime::artifact::manifest::ModelDesc {
-        name: "mx".into(),
-        arch: "mixtral".into(),
-        vocab_size: ckpt.spec.vocab_size,
-        eos_token_ids: vec![],
-        config: serde_json::Value::Null,
-    };
-    let opts = CompileOptions {
-        weights: WeightFormat::F32,
-        max_tokens: 32,
-        max_context: 64,
-        pipeline: "moe-dispatch".into(),
-        extra_files: vec![],
-        target_cpu: "native".into(),
-    };
     let out = t.join("mx.kiln");
-    compile(&g, &weights, model, &opts, &out, &mut |_| {}).unwrap();
+    let spec =
+        support::TestArtifact { format: WeightFormat::F32, pipeline: "moe-dispatch", max_tokens: 32, max_context: 64 };
+    support::compile_for_test(&g, &weights, ckpt.spec.vocab_size, &spec, &out);
     let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     let m: kiln_runtime::artifact::manifest::Manifest = serde_json::from_str(&text).unwrap();
     assert_eq!(m.moe_layers.len(), 2);

@@ -99,3 +99,37 @@ pub fn calibration_text(dir: &TempDir) -> PathBuf {
     std::fs::write(&p, s).unwrap();
     p
 }
+
+/// What [`compile_for_test`] compiles for.
+pub struct TestArtifact<'a> {
+    pub format: kiln_codegen::kernels::WeightFormat,
+    pub pipeline: &'a str,
+    pub max_tokens: usize,
+    pub max_context: usize,
+}
+
+/// Compiles `graph` (its weights from `weights`) into an artifact at `out` for this CPU.
+pub fn compile_for_test(
+    graph: &kiln_ir::Graph,
+    weights: &dyn kiln_ir::interp::WeightSource,
+    vocab_size: usize,
+    spec: &TestArtifact<'_>,
+    out: &Path,
+) {
+    let model = kiln_runtime::artifact::manifest::ModelDesc {
+        name: "test".into(),
+        arch: "test".into(),
+        vocab_size,
+        eos_token_ids: vec![],
+        config: serde_json::Value::Null,
+    };
+    let opts = kiln_codegen::artifact::CompileOptions {
+        weights: spec.format,
+        max_tokens: spec.max_tokens,
+        max_context: spec.max_context,
+        pipeline: spec.pipeline.into(),
+        extra_files: vec![],
+        target_cpu: "native".into(),
+    };
+    kiln_codegen::artifact::compile(graph, weights, model, &opts, out, &mut |_| {}).unwrap();
+}
