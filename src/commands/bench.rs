@@ -119,9 +119,18 @@ struct Report {
     offload: Option<OffloadSummary>,
 }
 
-/// Weight and KV-cache bytes one decode step at context `len` reads.
+/// Weight and KV-cache bytes one decode step at context `len` reads. An MoE expert's weights
+/// count with the chance a token picks it (top-k / experts): its steps are skipped otherwise.
 fn decode_bytes(model: &CpuModel, len: usize) -> f64 {
     let m = model.manifest();
+    let expert_share: std::collections::HashMap<usize, f64> = m
+        .moe_layers
+        .iter()
+        .flat_map(|l| {
+            let share = l.top_k as f64 / l.experts.len().max(1) as f64;
+            l.experts.iter().flat_map(move |e| e.weights.iter().map(move |&b| (b, share)))
+        })
+        .collect();
     let mut bytes = 0.0;
     for s in &m.steps {
         let kind = &m.kernels[s.kernel].kind;
@@ -134,7 +143,7 @@ fn decode_bytes(model: &CpuModel, len: usize) -> f64 {
                         let vocab = m.model.vocab_size as f64;
                         size / vocab
                     } else {
-                        size
+                        size * expert_share.get(id).copied().unwrap_or(1.0)
                     };
                 }
             }

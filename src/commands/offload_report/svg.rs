@@ -78,6 +78,9 @@ struct Axes {
     left: f64,
     x0: f64,
     x1: f64,
+    /// The y range shown (the hit-rate panel starts above 0 so policies a few points apart stay
+    /// apart).
+    y0: f64,
     y1: f64,
 }
 
@@ -86,7 +89,7 @@ impl Axes {
         self.left + (v - self.x0) / (self.x1 - self.x0) * PANEL_W
     }
     fn y(&self, v: f64) -> f64 {
-        TOP + PANEL_H - v / self.y1 * PANEL_H
+        TOP + PANEL_H - (v - self.y0) / (self.y1 - self.y0) * PANEL_H
     }
 }
 
@@ -101,9 +104,9 @@ fn axes(out: &mut String, a: &Axes, title: &str, y_title: &str, y_step: f64, y_l
         escape(title)
     );
     // Y ticks and horizontal grid lines.
-    let n = (a.y1 / y_step).round() as usize;
+    let n = ((a.y1 - a.y0) / y_step).round() as usize;
     for i in 0..=n {
-        let v = i as f64 * y_step;
+        let v = a.y0 + i as f64 * y_step;
         let y = a.y(v);
         let _ = writeln!(out, r##"<line x1="{l:.1}" y1="{y:.1}" x2="{r:.1}" y2="{y:.1}" stroke="#e0e0e0"/>"##);
         let _ = writeln!(
@@ -229,11 +232,15 @@ pub fn plot(title: &str, points: &[Point]) -> String {
         escape(title)
     );
 
-    let hit = Axes { left: LEFT[0], x0, x1, y1: 1.0 };
-    axes(&mut out, &hit, "decode hit rate vs experts cached per layer", "decode hit rate", 0.2, &|v| {
+    // The lowest hit rate plotted, rounded down to a tenth.
+    let min_hit = all.iter().flat_map(|s| s.points.iter().map(|p| p.hit_rate)).fold(1.0f64, f64::min);
+    let hit_y0 = ((min_hit * 10.0).floor() / 10.0).clamp(0.0, 0.9);
+    let hit_step = if 1.0 - hit_y0 <= 0.5 { 0.05 } else { 0.1 };
+    let hit = Axes { left: LEFT[0], x0, x1, y0: hit_y0, y1: 1.0 };
+    axes(&mut out, &hit, "decode hit rate vs experts cached per layer", "decode hit rate", hit_step, &|v| {
         format!("{:.0}%", v * 100.0)
     });
-    let tok = Axes { left: LEFT[1], x0, x1, y1: tok_top };
+    let tok = Axes { left: LEFT[1], x0, x1, y0: 0.0, y1: tok_top };
     let d = decimals(tok_step);
     axes(&mut out, &tok, "decode tok/s vs experts cached per layer", "decode tok/s", tok_step, &|v| format!("{v:.d$}"));
     if max_tok <= 0.0 {
