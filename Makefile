@@ -27,9 +27,13 @@ KILN := ./target/release/kiln
 # fused into attention, merged projections, fused elementwise chains), compile
 # it to a native artifact for this CPU (bf16 weights), chat with it, and
 # measure it; then a Mixture-of-Experts version made by `moefy`, checked with
-# `kiln eval` against the original.
+# `kiln eval` against the original, compiled, and run with its experts offloaded to disk (4 of 8
+# per layer cached in RAM, Kiln's router-EMA policy, speculative prefetch) over real text.
 SMOLLM2_DIR := $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct
 DEMO_ARTIFACT := target/demo/SmolLM2-135M-Instruct.bf16.kiln
+# The MoE version (8 experts, top-2) whose experts the last demo lines offload to disk.
+MOE_ARTIFACT := target/demo/SmolLM2-135M-Instruct.moe8.bf16.kiln
+CPU_O2 := canonicalize,cse,const-fold,eqsat{rules=rope+layout+algebra},fuse-elementwise,cse,dce
 define DEMO_STEPS
 $(KILN) targets
 $(KILN) dump-ir $(SMOLLM2_DIR) --layers 1 -O2 --pass-timing
@@ -38,6 +42,9 @@ $(KILN) run $(DEMO_ARTIFACT) --chat --prompt "What is the capital of France?" --
 $(KILN) run $(DEMO_ARTIFACT) --chat --prompt "Name three colors of the rainbow." --max-tokens 48
 $(KILN) bench $(DEMO_ARTIFACT) --prompt-len 128 --gen 64
 $(KILN) eval $(SMOLLM2_DIR) --text /usr/share/common-licenses/GPL-3 --tokens 256 --chunk 128 --passes 'moefy{experts=8,top-k=4}'
+$(KILN) compile $(SMOLLM2_DIR) --weights bf16 --passes 'moefy{experts=8,top-k=2},moe-dispatch,$(CPU_O2)' -o $(MOE_ARTIFACT)
+$(KILN) bench $(MOE_ARTIFACT) --prompt-len 64 --gen 64 --text /usr/share/common-licenses/GPL-3 --expert-cache 4 --policy router-ema --prefetch 1 --trace target/demo/offload-trace.json
+$(KILN) offload-report target/demo/offload-trace.json --replay
 endef
 
 .PHONY: help deps model build release test demo check-runtime-deps lint fmt
