@@ -259,7 +259,8 @@ impl ExpertCache {
         }
         let s = &mut l.slots[slot];
         if let Some(t) = s.ticket.take() {
-            // A load already running finishes first: the one thread keeps a slot's jobs in order.
+            // A load already running stops after its current chunk, before the new one starts
+            // (one I/O thread).
             self.loader.cancel(t);
         }
         let layout = &l.experts[expert];
@@ -407,7 +408,8 @@ impl ExpertCache {
         let l = &mut self.layers[layer];
         let s = &mut l.slots[slot];
         if let Some(t) = s.ticket.take() {
-            // A running load finishes into memory nobody reads until a later job overwrites it.
+            // A running load stops after its current chunk; nobody reads the slot until a later
+            // job has filled it.
             self.loader.cancel(t);
         }
         s.prefetched = false;

@@ -83,6 +83,10 @@ impl State {
 struct State {
     queue: VecDeque<Job>,
     done: HashSet<u64>,
+    /// Jobs cancelled while the I/O thread was reading one of their chunks: it drops them instead
+    /// of putting them back (their slot now belongs to a later job, which must not be
+    /// overwritten by the rest of this one).
+    cancelled: HashSet<u64>,
     failed: Option<(u64, String)>,
     shutdown: bool,
 }
@@ -152,18 +156,18 @@ impl Loader {
         }
     }
 
-    /// Drops a job that has not started; returns whether it was dropped (else it is running or
-    /// done, and a later job for the same memory will run after it).
-    pub fn cancel(&mut self, ticket: u64) -> bool {
+    /// Drops a job: at once if it is queued, after the chunk being read if it is running. Any
+    /// later job for the same memory runs after that chunk.
+    pub fn cancel(&mut self, ticket: u64) {
         let mut s = self.shared.state.lock().expect("loader lock");
         match s.queue.iter().position(|j| j.ticket == ticket) {
             Some(i) => {
                 s.queue.remove(i);
-                true
             }
             None => {
-                s.done.remove(&ticket);
-                false
+                if !s.done.remove(&ticket) {
+                    s.cancelled.insert(ticket);
+                }
             }
         }
     }
@@ -224,6 +228,9 @@ fn io_thread(shared: &Shared, file: &File, direct: bool, path: &Path) {
         let result = read_fully(file, job.dst, &job.reads[job.next], direct);
         job.next += 1;
         let mut s = shared.state.lock().expect("loader lock");
+        if s.cancelled.remove(&job.ticket) {
+            continue;
+        }
         match result {
             Ok(()) if job.next < job.reads.len() => {
                 s.requeue(job);
@@ -362,6 +369,39 @@ mod tests {
         assert_eq!(places[1], 9100 - 4096);
         assert_eq!(places[2], reads[1].dst_offset + (100_000 - 98_304));
         assert_eq!(total, reads.iter().map(|r| r.len).sum::<usize>());
+    }
+
+    #[test]
+    fn a_cancelled_job_never_writes_after_the_job_that_replaced_it() {
+        let dir = std::env::temp_dir().join(format!("kiln-loader-cancel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data.bin");
+        let len = 4 * CHUNK;
+        let data: Vec<u8> = (0..2 * len).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut loader = Loader::new(&path, true).unwrap();
+        let slot = AlignedBuf::new(len);
+        for round in 0..20 {
+            // A long prefetch into the slot, then the slot given to another range.
+            let old = loader.submit(slot.as_ptr(), vec![Read { file_offset: 0, len, dst_offset: 0 }], false);
+            if round % 2 == 1 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            loader.cancel(old);
+            let new = loader.submit(slot.as_ptr(), vec![Read { file_offset: len as u64, len, dst_offset: 0 }], true);
+            loader.wait(new).unwrap();
+            // Anything left of the old job would run before this one.
+            let mut probe = AlignedBuf::new(IO_ALIGN);
+            let flush =
+                loader.submit(probe.as_ptr(), vec![Read { file_offset: 0, len: IO_ALIGN, dst_offset: 0 }], false);
+            loader.wait(flush).unwrap();
+            // SAFETY: no job targets the slot any more.
+            let got = unsafe { std::slice::from_raw_parts(slot.as_ptr(), len) };
+            assert!(got == &data[len..], "round {round}: the cancelled job overwrote the slot");
+            assert_eq!(&probe.as_mut_slice()[..16], &data[..16]);
+        }
+        drop(loader);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
