@@ -4,7 +4,7 @@
 //! through the KV cache with GQA/MQA, windows, soft-caps and explicit scales.
 
 use kiln_codegen::kernels::rope_params::rope_params;
-use kiln_codegen::kernels::testing::{build, ptr, TestLib};
+use kiln_codegen::kernels::testing::{build, ptr, rel_l2, TestLib};
 use kiln_codegen::kernels::{KernelSpec, RopeParams};
 use kiln_ir::interp::ops::attention::{attend, attention, rope, AttentionAttrs};
 use kiln_ir::interp::testing::SplitMix64;
@@ -13,18 +13,6 @@ use kiln_ir::op::rope::{RopeLayout, RopeScaling, RopeSpec};
 
 const SPLITS: [i64; 3] = [1, 3, 7];
 const TOL: f64 = 1e-5;
-
-/// ‖got − want‖ / ‖want‖ (0 when both are zero).
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    let diff: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
-    let norm: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
-    if norm == 0.0 {
-        diff.sqrt()
-    } else {
-        (diff / norm).sqrt()
-    }
-}
 
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     let err = rel_l2(got, want);

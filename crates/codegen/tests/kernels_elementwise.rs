@@ -3,7 +3,7 @@
 //! lengths that are and are not multiples of the vector width, tasks split 1, 3 and 7 ways; plus
 //! the accuracy of the vector `exp`/`tanh`/`sigmoid` polynomials over the whole f32 range.
 
-use kiln_codegen::kernels::testing::{build, ptr, TestLib};
+use kiln_codegen::kernels::testing::{build, ptr, rel_l2, TestLib};
 use kiln_codegen::kernels::{Broadcast, KernelSpec};
 use kiln_ir::interp::ops::fused::fused;
 use kiln_ir::interp::testing::SplitMix64;
@@ -59,28 +59,6 @@ fn run(lib: &TestLib, name: &str, inputs: &[Vec<f32>], rows: usize, cols: usize)
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
-}
-
-/// ‖got − want‖ / ‖want‖ over the lanes where `want` is a number; NaN must be where `want` has NaN.
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.is_nan(), w.is_nan(), "element {i}: got {g}, want {w}");
-        if !w.is_nan() {
-            if w.is_infinite() {
-                assert_eq!(g, w, "element {i}");
-                continue;
-            }
-            num += (g as f64 - w as f64).powi(2);
-            den += (w as f64).powi(2);
-        }
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
 }
 
 /// Largest per-element relative error, measured against `max(|want|, floor)`.

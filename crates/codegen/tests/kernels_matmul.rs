@@ -8,30 +8,10 @@ use kiln_codegen::kernels::matmul::COLS_PER_TASK;
 use kiln_codegen::kernels::testing::{build, ptr};
 use kiln_codegen::kernels::{KernelCx, KernelSpec, WeightFormat};
 use kiln_codegen::pack::{pack, unpack};
+use kiln_ir::interp::testing::SplitMix64;
 
 const FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];
-
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
 
 /// `out = a · wᵀ + bias` in f64, and `Σ |a·w|` per output (the scale rounding errors are relative to).
 fn reference(a: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
@@ -153,11 +133,11 @@ fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, 
 /// against the reference.
 fn check_matmul_in(lib: &Lib, name: &str, case: Case) {
     let Case { format, m, n, k, bias, cols_per_task, seed } = case;
-    let mut rng = Rng(seed);
-    let a = rng.vec(m * k);
-    let packed = pack(format, n, k, &rng.vec(n * k)).unwrap();
+    let mut rng = SplitMix64::new(seed);
+    let a = rng.vec(m * k, -1.0, 1.0);
+    let packed = pack(format, n, k, &rng.vec(n * k, -1.0, 1.0)).unwrap();
     let w = unpack(format, n, k, &packed).unwrap();
-    let bias_v = rng.vec(n);
+    let bias_v = rng.vec(n, -1.0, 1.0);
     let (want, mag) = reference(&a, &w, bias.then_some(&bias_v[..]), m, n, k);
     let tasks = n.div_ceil(cols_per_task) as i64;
     for splits in [1, 3, 7] {
@@ -285,8 +265,8 @@ fn embedding_matches_unpacked_rows_and_zeros_bad_ids() {
                     continue;
                 }
                 seed += 1;
-                let mut rng = Rng(seed);
-                let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim)).unwrap();
+                let mut rng = SplitMix64::new(seed);
+                let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim, -1.0, 1.0)).unwrap();
                 let rows = unpack(format, vocab, dim, &table).unwrap();
                 let spec = KernelSpec::Embedding { format, vocab, dim };
                 let lib = Lib::new(&[("emb", spec)], *lanes);
@@ -323,8 +303,8 @@ fn embedding_matches_unpacked_rows_and_zeros_bad_ids() {
 
 #[test]
 fn unquantized_round_trips() {
-    let mut rng = Rng(3);
-    let data: Vec<f32> = rng.vec(4 * 40).into_iter().map(|x| x * 1000.0).collect();
+    let mut rng = SplitMix64::new(3);
+    let data: Vec<f32> = rng.vec(4 * 40, -1.0, 1.0).into_iter().map(|x| x * 1000.0).collect();
     let f32s = unpack(WeightFormat::F32, 4, 40, &pack(WeightFormat::F32, 4, 40, &data).unwrap()).unwrap();
     assert_eq!(f32s, data);
     for (format, eps) in [(WeightFormat::Bf16, 2f32.powi(-8)), (WeightFormat::F16, 2f32.powi(-11))] {
@@ -351,9 +331,9 @@ fn bf16_and_f16_round_to_nearest_even() {
 
 #[test]
 fn quantized_round_trips_are_within_llama_cpp_error() {
-    let mut rng = Rng(11);
+    let mut rng = SplitMix64::new(11);
     let (rows, k) = (8, 96);
-    let data = rng.vec(rows * k);
+    let data = rng.vec(rows * k, -1.0, 1.0);
     // Q8_0 rounds to the nearest of ±127 steps of amax/127: half a step. Q4_0's steps are
     // |d| = amax/8 but its quants run from −8 to 7 in units of d = max/−8, so values of the sign
     // opposite to the largest one saturate at 7 steps: up to a whole step (llama.cpp does the same).

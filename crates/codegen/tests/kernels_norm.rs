@@ -3,7 +3,7 @@
 //! reductions' unrolled main loop — with tasks split 1, 3 and 7 ways; plus the special rows
 //! (masked softmax entries, NaN, all −inf) where the result must match exactly in kind.
 
-use kiln_codegen::kernels::testing::{build, ptr, TestLib};
+use kiln_codegen::kernels::testing::{build, ptr, rel_l2, TestLib};
 use kiln_codegen::kernels::{KernelSpec, ReduceOp};
 use kiln_ir::interp::ops::{norm, reduce};
 use kiln_ir::interp::testing::SplitMix64;
@@ -35,24 +35,6 @@ fn run(lib: &TestLib, name: &str, inputs: &[Option<&[f32]>], out_len: usize) -> 
         }
     }
     first.unwrap_or_default()
-}
-
-/// ‖got − want‖ / ‖want‖; NaN must sit exactly where `want` has NaN.
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.is_nan(), w.is_nan(), "element {i}: got {g}, want {w}");
-        if !w.is_nan() {
-            num += (g as f64 - w as f64).powi(2);
-            den += (w as f64).powi(2);
-        }
-    }
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
 }
 
 fn data(rng: &mut SplitMix64, n: usize, lo: f32, hi: f32) -> Vec<f32> {

@@ -66,3 +66,27 @@ impl TestLib {
 pub fn ptr<T>(v: &mut [T]) -> *mut u8 {
     v.as_mut_ptr() as *mut u8
 }
+
+/// ‖got − want‖ / ‖want‖ over the lanes where `want` is finite (‖got − want‖ when `want` is all
+/// zero). NaN must sit exactly where `want` has NaN, and an infinite `want` must be met exactly.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.is_nan(), w.is_nan(), "element {i}: got {g}, want {w}");
+        if w.is_nan() {
+            continue;
+        }
+        if w.is_infinite() {
+            assert_eq!(g, w, "element {i}");
+            continue;
+        }
+        num += (g as f64 - w as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
