@@ -253,16 +253,10 @@ impl ExpertCache {
 
     /// Points `slot` of `layer` at `expert` (evicting what it held) and queues the load.
     fn load_into(&mut self, layer: usize, slot: usize, expert: usize, urgent: bool) {
+        self.evict(layer, slot);
         let l = &mut self.layers[layer];
-        if let Some(old) = l.table.assign(slot, expert) {
-            self.held -= l.experts[old].bytes;
-        }
+        l.table.assign(slot, expert);
         let s = &mut l.slots[slot];
-        if let Some(t) = s.ticket.take() {
-            // A load already running stops after its current chunk, before the new one starts
-            // (one I/O thread).
-            self.loader.cancel(t);
-        }
         let layout = &l.experts[expert];
         s.ticket = Some(self.loader.submit(s.buf.as_ptr(), layout.reads.clone(), urgent));
         s.prefetched = !urgent;
@@ -408,8 +402,8 @@ impl ExpertCache {
         let l = &mut self.layers[layer];
         let s = &mut l.slots[slot];
         if let Some(t) = s.ticket.take() {
-            // A running load stops after its current chunk; nobody reads the slot until a later
-            // job has filled it.
+            // A running load stops after its current chunk, before any later job for the slot
+            // starts (one I/O thread); nobody reads the slot until that job has filled it.
             self.loader.cancel(t);
         }
         s.prefetched = false;
@@ -431,9 +425,7 @@ impl ExpertCache {
         let slot = self.layers[layer].table.slot_of(expert).expect("just placed");
         if let Some(t) = self.layers[layer].slots[slot].ticket.take() {
             let start = Instant::now();
-            if !self.loader.is_done(t) {
-                self.loader.expedite(t);
-            }
+            self.loader.expedite(t);
             self.loader.wait(t).map_err(bad)?;
             self.stats(layer).stall_secs += start.elapsed().as_secs_f64();
         }

@@ -172,11 +172,6 @@ impl Loader {
         }
     }
 
-    /// Whether the job is done (without waiting).
-    pub fn is_done(&self, ticket: u64) -> bool {
-        self.shared.state.lock().expect("loader lock").done.contains(&ticket)
-    }
-
     /// Waits until the job is done; an I/O error of any job is reported here.
     pub fn wait(&mut self, ticket: u64) -> Result<(), String> {
         let mut s = self.shared.state.lock().expect("loader lock");
