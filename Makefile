@@ -18,6 +18,8 @@ export INSTA_UPDATE := no
 # Where scripts/fetch-model.sh puts the real model; tests use it when present.
 export KILN_MODEL_DIR ?= $(CURDIR)/.cache/models
 export KILN_SMOLLM2_GGUF ?= $(KILN_MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
+# NVIDIA's PTX assembler (scripts/fetch-ptxas.sh): tests assemble every PTX module Kiln emits.
+export KILN_PTXAS ?= $(CURDIR)/.cache/ptxas/ptxas
 
 KILN := ./target/release/kiln
 
@@ -47,13 +49,14 @@ $(KILN) bench $(MOE_ARTIFACT) --prompt-len 64 --gen 64 --text /usr/share/common-
 $(KILN) offload-report target/demo/offload-trace.json --replay
 endef
 
-.PHONY: help deps model build release test demo check-runtime-deps lint fmt
+.PHONY: help deps model ptxas build release test demo check-runtime-deps lint fmt
 
 help:
 	@echo "make demo                 install deps, build (release), fetch the model, run the demo"
 	@echo "make test                 install deps, fetch the model, run the whole test suite"
 	@echo "make deps                 install LLVM 19 from apt if missing"
 	@echo "make model                fetch SmolLM2-135M-Instruct Q4_1 into $(KILN_MODEL_DIR)"
+	@echo "make ptxas                fetch NVIDIA's ptxas (PTX assembler, no GPU needed) into .cache/ptxas"
 	@echo "make build | release      cargo build (debug | release)"
 	@echo "make check-runtime-deps   fail if kiln-runtime depends on LLVM"
 	@echo "make lint | fmt           rustfmt --check + clippy -D warnings | rustfmt"
@@ -64,13 +67,16 @@ deps:
 model:
 	@bash scripts/fetch-model.sh
 
+ptxas:
+	@bash scripts/fetch-ptxas.sh
+
 build: deps
 	$(CARGO) build --workspace
 
 release: deps
 	$(CARGO) build --release --bin kiln
 
-test: deps model
+test: deps model ptxas
 	@bash scripts/test.sh
 
 $(SMOLLM2_DIR)/config.json: $(KILN_SMOLLM2_GGUF) | release

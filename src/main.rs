@@ -2,6 +2,7 @@
 //! one line (`error: file:line:col: message`) with exit code 1.
 
 mod commands;
+mod executor;
 mod io;
 mod model_arg;
 mod offload_args;
@@ -35,7 +36,7 @@ enum Command {
     DumpIr(commands::dump_ir::DumpIrArgs),
     /// Generate text with a model.
     Run(commands::run::RunArgs),
-    /// Compile a model to a native artifact for this CPU.
+    /// Compile a model to an artifact for this CPU (kernels.so) or an NVIDIA GPU (PTX).
     #[cfg(feature = "llvm")]
     Compile(commands::compile::CompileArgs),
     /// Measure a compiled artifact's prefill and decode speed against the memory roofline.
@@ -46,6 +47,9 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Summarize, plot and replay MoE expert-offloading traces (`--trace` of run/bench).
     OffloadReport(commands::offload_report::OffloadReportArgs),
+    /// Print the logits a compiled artifact (CPU or GPU) or the interpreter gives for token ids,
+    /// and for greedy decode steps after them (to compare executors and implementations).
+    Logits(commands::logits::LogitsArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::OffloadReport(args) => commands::offload_report::run(args),
+        Command::Logits(args) => commands::logits::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

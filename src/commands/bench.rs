@@ -5,8 +5,9 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_runtime::artifact::manifest::{BufArg, Storage};
-use kiln_runtime::cpu::CpuModel;
-use kiln_runtime::measure::{peak_rss, read_bandwidth};
+use crate::executor::{Executor, GpuArgs};
+use kiln_runtime::artifact::Manifest;
+use kiln_runtime::measure::peak_rss;
 use kiln_runtime::offload::Trace;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ pub struct BenchArgs {
     /// Mixture-of-Experts offloading (compiled MoE artifacts).
     #[command(flatten)]
     pub offload: crate::offload_args::OffloadArgs,
+    /// CUDA artifacts.
+    #[command(flatten)]
+    pub gpu: GpuArgs,
 }
 
 /// Offloading results in the bench report.
@@ -103,6 +107,8 @@ pub fn report_trace(trace: &Trace, path: Option<&Path>) -> Result<()> {
 struct Report {
     artifact: String,
     weights: String,
+    /// `cpu`, or the GPU's name.
+    device: String,
     threads: usize,
     prompt_len: usize,
     gen: usize,
@@ -121,8 +127,7 @@ struct Report {
 
 /// Weight and KV-cache bytes one decode step at context `len` reads. An MoE expert's weights
 /// count with the chance a token picks it (top-k / experts): its steps are skipped otherwise.
-fn decode_bytes(model: &CpuModel, len: usize) -> f64 {
-    let m = model.manifest();
+fn decode_bytes(m: &Manifest, len: usize) -> f64 {
     let expert_share: std::collections::HashMap<usize, f64> = m
         .moe_layers
         .iter()
@@ -163,7 +168,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let offload = args.offload.config()?;
-    let mut model = CpuModel::load_with(&args.artifact, threads, offload.as_ref())?;
+    let mut model = Executor::load(&args.artifact, threads, offload.as_ref(), &args.gpu)?;
+    let threads = model.threads();
     let m = model.manifest().clone();
     if args.prompt_len + args.gen > m.max_context {
         bail!(
@@ -233,8 +239,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // Before the bandwidth measurement allocates its 1 GiB buffer.
     let rss = peak_rss();
-    let bw = read_bandwidth(1 << 30, threads, 3);
-    let bytes = decode_bytes(&model, args.gen / 2);
+    let bw = model.bandwidth()?;
+    let bytes = decode_bytes(&m, args.gen / 2);
     let decode_tps = args.gen as f64 / decode;
     let roofline = bw / bytes;
     let prefill_tps = args.prompt_len as f64 / prefill;
@@ -249,6 +255,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let report = Report {
         artifact: args.artifact.display().to_string(),
         weights: m.weights_dtype.clone(),
+        device: model.device(),
         threads,
         prompt_len: args.prompt_len,
         gen: args.gen,
@@ -259,14 +266,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         decode_bytes_per_token: bytes,
         roofline_tok_per_s: roofline,
         roofline_fraction: decode_tps / roofline,
-        profile: model.profile().map(|p| p.to_vec()),
+        profile: model.profile(),
         offload: trace.as_ref().map(|t| summarize(t, t.decode_calls)),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("{} ({} weights, {} threads)", report.artifact, report.weights, threads);
+    if report.device == "cpu" {
+        println!("{} ({} weights, {} threads)", report.artifact, report.weights, threads);
+    } else {
+        println!("{} ({} weights, {})", report.artifact, report.weights, report.device);
+    }
     println!("  prefill pp{}: {:.1} tok/s", args.prompt_len, report.prefill_tok_per_s);
     println!("  decode  tg{}: {:.1} tok/s", args.gen, report.decode_tok_per_s);
     println!(

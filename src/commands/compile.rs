@@ -38,10 +38,35 @@ pub struct CompileArgs {
     /// that level.
     #[arg(long, default_value = "native")]
     pub target_cpu: String,
+    /// What to compile for: `cpu` (default), or `cuda` / `cuda:sm_80` / `cuda:sm_90` for NVIDIA
+    /// GPUs (PTX; `cuda` alone means this machine's GPU, or sm_80 — which runs on every later GPU —
+    /// when there is none).
+    #[arg(long, default_value = "cpu")]
+    pub target: String,
     /// The pass pipeline (default: -O2 without merge-projections, see CPU_DEFAULT_PIPELINE;
     /// `moe-dispatch` is appended when the model has MoE layers), and --json for the report.
     #[command(flatten)]
     pub passes: crate::commands::opt::PassArgs,
+}
+
+/// The SM of `--target cuda[:sm_NN]`, or None for `--target cpu`.
+fn cuda_sm(target: &str) -> Result<Option<u32>> {
+    let supported = kiln_codegen::SUPPORTED_SMS.iter().map(|s| format!("sm_{s}")).collect::<Vec<_>>().join(", ");
+    match target {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(match kiln_runtime::cuda_available() {
+            Ok(info) => info.devices.first().map_or(80, |d| d.sm()),
+            Err(_) => 80,
+        })),
+        t => {
+            let sm = t
+                .strip_prefix("cuda:sm_")
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| kiln_codegen::SUPPORTED_SMS.contains(n))
+                .ok_or_else(|| anyhow!("--target '{t}' is not cpu, cuda, or cuda:SM with SM one of {supported}"))?;
+            Ok(Some(sm))
+        }
+    }
 }
 
 pub fn run(args: CompileArgs) -> Result<()> {
@@ -98,6 +123,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
         pipeline: pipeline.clone(),
         extra_files: extra,
         target_cpu: args.target_cpu.clone(),
+        cuda_sm: cuda_sm(&args.target)?,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(100));

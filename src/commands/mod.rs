@@ -6,6 +6,7 @@ pub mod dump_ir;
 pub mod eval;
 pub mod gen_model;
 pub mod import;
+pub mod logits;
 pub mod offload_report;
 pub mod ops;
 pub mod opt;

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Mixture-of-Experts offloading (compiled MoE artifacts).
     #[command(flatten)]
     pub offload: crate::offload_args::OffloadArgs,
+    /// CUDA artifacts.
+    #[command(flatten)]
+    pub gpu: crate::executor::GpuArgs,
 }
 
 struct Interp(InterpModel);
@@ -73,7 +76,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let t0 = std::time::Instant::now();
         let offload = args.offload.config()?;
         let threads = args.threads.unwrap_or_else(default_threads);
-        let mut model = kiln_runtime::cpu::CpuModel::load_with(&args.model, threads, offload.as_ref())?;
+        let mut model = crate::executor::Executor::load(&args.model, threads, offload.as_ref(), &args.gpu)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "artifact loaded");
         let eos = model.manifest().model.eos_token_ids.clone();
         let tok = TextTokenizer::from_dir(&args.model, &eos)?;

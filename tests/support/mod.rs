@@ -130,6 +130,7 @@ pub fn compile_for_test(
         pipeline: spec.pipeline.into(),
         extra_files: vec![],
         target_cpu: "native".into(),
+        cuda_sm: None,
     };
     kiln_codegen::artifact::compile(graph, weights, model, &opts, out, &mut |_| {}).unwrap();
 }

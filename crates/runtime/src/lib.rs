@@ -12,6 +12,8 @@
 
 pub mod artifact;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod generate;

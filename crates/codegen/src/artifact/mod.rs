@@ -6,9 +6,10 @@
 mod safetensors;
 
 use crate::error::{CodegenError, Result};
+use crate::kernels::gpu::{compile_ptx, expected_arity, Arity, Launch};
 use crate::kernels::{compile_kernels, WeightFormat};
 use crate::plan::{plan, Plan, PlanOptions};
-use crate::target::{cpu_machine, TargetInfo};
+use crate::target::{cpu_machine, nvptx_target, TargetInfo};
 use kiln_ir::interp::{Interpreter, WeightSource};
 use kiln_ir::Graph;
 use kiln_runtime::artifact::manifest::{checksum, FileEntry, Manifest, ModelDesc, TargetDesc, FORMAT_VERSION};
@@ -44,6 +45,45 @@ pub struct CompileOptions {
     pub extra_files: Vec<PathBuf>,
     /// The CPU to generate code for: `native` (this machine) or an x86-64 level (`x86-64-v3`).
     pub target_cpu: String,
+    /// Generate PTX for this NVIDIA SM (`80`, `90`) instead of CPU code.
+    pub cuda_sm: Option<u32>,
+}
+
+/// The generated kernels, as the target wants them.
+enum Kernels {
+    /// An object file, linked into `kernels.so`.
+    Object(Vec<u8>),
+    /// PTX for `kernels.ptx`, with each kernel's launch geometry.
+    Ptx(String, Vec<Launch>),
+}
+
+impl Kernels {
+    fn file_name(&self) -> &'static str {
+        match self {
+            Kernels::Object(_) => "kernels.so",
+            Kernels::Ptx(..) => "kernels.ptx",
+        }
+    }
+}
+
+/// Each kernel's parameter counts, from the steps that call it (all calls of a kernel pass the
+/// same numbers; the GPU emitters check them against the spec's ABI).
+fn arities(plan: &Plan) -> Result<Vec<Arity>> {
+    let mut out: Vec<Option<Arity>> = vec![None; plan.kernels.len()];
+    for s in &plan.steps {
+        let a = Arity { dims: s.dims.len(), bufs: s.bufs.len() };
+        match out.get_mut(s.kernel) {
+            Some(slot @ None) => *slot = Some(a),
+            Some(Some(prev)) if *prev != a => {
+                return Err(CodegenError::Plan {
+                    node: s.label.clone(),
+                    message: format!("kernel {} is called with {a:?} here and {prev:?} elsewhere", plan.kernels[s.kernel].0),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(out.into_iter().zip(&plan.kernels).map(|(a, (_, spec))| a.unwrap_or_else(|| expected_arity(spec))).collect())
 }
 
 /// What a compile produced, for the CLI's report.
@@ -96,8 +136,20 @@ pub fn compile(
     let secs_plan = t.elapsed().as_secs_f64();
     let t = Instant::now();
     progress("generating kernels with LLVM");
-    let target = cpu_machine(&opts.target_cpu)?;
-    let object = compile_kernels(&plan.kernels, &target)?;
+    let (target, kernels) = match opts.cuda_sm {
+        Some(sm) => {
+            let target = nvptx_target(sm)?;
+            let with_arity: Vec<_> =
+                plan.kernels.iter().zip(arities(&plan)?).map(|((n, s), a)| (n.clone(), s.clone(), a)).collect();
+            let (ptx, launches) = compile_ptx(&with_arity, &target)?;
+            (target, Kernels::Ptx(ptx, launches))
+        }
+        None => {
+            let target = cpu_machine(&opts.target_cpu)?;
+            let object = compile_kernels(&plan.kernels, &target)?;
+            (target, Kernels::Object(object))
+        }
+    };
     let secs_llvm = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -106,7 +158,7 @@ pub fn compile(
     let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
-    let result = write_files(&tmp, &plan, &object, &target, model, opts);
+    let result = write_files(&tmp, &plan, &kernels, &target, model, opts);
     let (library_bytes, weight_bytes) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -134,13 +186,16 @@ pub fn compile(
 fn write_files(
     dir: &Path,
     plan: &Plan,
-    object: &[u8],
+    kernels: &Kernels,
     target: &TargetInfo,
     model: ModelDesc,
     opts: &CompileOptions,
 ) -> Result<(u64, u64)> {
-    let so = dir.join("kernels.so");
-    crate::link::link_shared(object, &so)?;
+    let kpath = dir.join(kernels.file_name());
+    match kernels {
+        Kernels::Object(object) => crate::link::link_shared(object, &kpath)?,
+        Kernels::Ptx(ptx, _) => std::fs::write(&kpath, ptx).map_err(|e| io_err(&kpath, e))?,
+    }
     let wpath = dir.join("weights.safetensors");
     {
         let f = std::fs::File::create(&wpath).map_err(|e| io_err(&wpath, e))?;
@@ -158,7 +213,7 @@ fn write_files(
         }
     }
     let mut files = Vec::new();
-    let mut names = vec!["kernels.so".to_string(), "weights.safetensors".to_string()];
+    let mut names = vec![kernels.file_name().to_string(), "weights.safetensors".to_string()];
     names.extend(opts.extra_files.iter().filter_map(|f| f.file_name()).map(|n| n.to_string_lossy().into_owned()));
     let (mut library_bytes, mut weight_bytes) = (0, 0);
     for n in names {
@@ -166,7 +221,7 @@ fn write_files(
         let file = std::fs::File::open(&p).map_err(|e| io_err(&p, e))?;
         // SAFETY: a read-only map of a file this function just wrote and nobody else touches.
         let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(&p, e))?;
-        if n == "kernels.so" {
+        if n == kernels.file_name() {
             library_bytes = data.len() as u64;
         }
         if n == "weights.safetensors" {
@@ -191,10 +246,15 @@ fn write_files(
         kernels: plan
             .kernels
             .iter()
-            .map(|(symbol, spec)| kiln_runtime::artifact::manifest::KernelEntry {
+            .enumerate()
+            .map(|(i, (symbol, spec))| kiln_runtime::artifact::manifest::KernelEntry {
                 symbol: symbol.clone(),
                 kind: spec.kind().to_string(),
                 params: serde_json::to_value(spec).unwrap_or_default(),
+                launch: match kernels {
+                    Kernels::Ptx(_, launches) => launches.get(i).copied(),
+                    Kernels::Object(_) => None,
+                },
             })
             .collect(),
         buffers: plan.buffers.clone(),

@@ -33,6 +33,9 @@ pub struct KernelCx<'ctx> {
     pub builder: Builder<'ctx>,
     /// f32 lanes of the widest vector unit the target has (16 with AVX-512, 8 with AVX2, 4).
     pub lanes: u32,
+    /// Kernels for NVPTX: no libm to call, so math functions are generated inline
+    /// ([`super::gpu::math`]).
+    pub gpu: bool,
 }
 
 /// The function being emitted: its ABI arguments.
@@ -46,7 +49,12 @@ pub struct KernelFn<'ctx> {
 
 impl<'ctx> KernelCx<'ctx> {
     pub fn new(context: &'ctx Context, name: &str, lanes: u32) -> KernelCx<'ctx> {
-        KernelCx { context, module: context.create_module(name), builder: context.create_builder(), lanes }
+        KernelCx { context, module: context.create_module(name), builder: context.create_builder(), lanes, gpu: false }
+    }
+
+    /// A module of GPU kernels (NVPTX): 4-lane vectors (128-bit loads), math inline.
+    pub fn new_gpu(context: &'ctx Context, name: &str) -> KernelCx<'ctx> {
+        KernelCx { gpu: true, ..KernelCx::new(context, name, 4) }
     }
 
     pub fn f32(&self) -> FloatType<'ctx> {
@@ -236,7 +244,11 @@ impl<'ctx> KernelCx<'ctx> {
     }
 
     /// Calls a C math function `float name(float...)` from libm (`expf`, `tanhf`, `erff`, `logf`, `powf`).
+    /// On the GPU, the same functions are generated inline instead ([`super::gpu::math`]).
     pub fn libm(&self, name: &str, args: &[FloatValue<'ctx>]) -> Result<FloatValue<'ctx>> {
+        if self.gpu {
+            return super::gpu::math::call(self, name, args);
+        }
         let f = self.module.get_function(name).unwrap_or_else(|| {
             let params: Vec<_> = args.iter().map(|_| self.f32().into()).collect();
             self.module.add_function(name, self.f32().fn_type(&params, false), Some(Linkage::External))

@@ -85,7 +85,7 @@ pub fn for_row<'ctx>(
 }
 
 /// Emits `e` on vectors of `w` lanes; `leaves[i]` is operand i's value (None when unused).
-fn compile<'ctx>(
+pub(crate) fn compile<'ctx>(
     ops: &VecOps<'_, 'ctx>,
     e: &Expr,
     leaves: &[Option<VectorValue<'ctx>>],

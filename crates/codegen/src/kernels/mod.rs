@@ -7,6 +7,7 @@ pub mod attention;
 pub mod builder;
 pub mod elementwise;
 pub mod emit;
+pub mod gpu;
 pub mod matmul;
 pub mod misc;
 pub mod norm;

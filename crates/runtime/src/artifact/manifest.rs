@@ -45,8 +45,10 @@ pub struct Manifest {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TargetDesc {
+    /// `x86_64-unknown-linux-gnu` (CPU artifacts, `kernels.so`) or [`CUDA_TRIPLE`] (`kernels.ptx`).
     pub triple: String,
-    /// LLVM's CPU name the kernels were tuned for (`sapphirerapids`, `znver4`).
+    /// LLVM's CPU name the kernels were tuned for (`sapphirerapids`, `znver4`); for CUDA the SM
+    /// (`sm_80`, `sm_90`).
     pub cpu: String,
     /// CPU features the kernels use (`avx2`, `fma`, `f16c`, `avx512f`, ...): the runtime refuses to
     /// run on a CPU that lacks one.
@@ -61,6 +63,21 @@ pub struct ModelDesc {
     pub eos_token_ids: Vec<u32>,
     /// The checkpoint's config.json, for reference.
     pub config: serde_json::Value,
+}
+
+/// The target triple of CUDA artifacts.
+pub const CUDA_TRIPLE: &str = "nvptx64-nvidia-cuda";
+
+impl TargetDesc {
+    /// Whether the kernels are PTX for NVIDIA GPUs.
+    pub fn is_cuda(&self) -> bool {
+        self.triple == CUDA_TRIPLE
+    }
+
+    /// The SM number of a CUDA artifact (`90` for `sm_90` and `sm_90a`).
+    pub fn sm(&self) -> Option<u32> {
+        self.cpu.strip_prefix("sm_")?.trim_end_matches('a').parse().ok()
+    }
 }
 
 /// A size known at run time.
@@ -100,12 +117,34 @@ impl DimExpr {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct KernelEntry {
-    /// The exported symbol in `kernels.so`.
+    /// The exported symbol in `kernels.so` (CPU) or the `.entry` in `kernels.ptx` (CUDA).
     pub symbol: String,
     /// The kernel family (`matmul`, `attention`, `fused`, ...).
     pub kind: String,
     /// What the kernel was specialized for (shapes, attributes, weight format), for inspection.
     pub params: serde_json::Value,
+    /// How to launch it (CUDA artifacts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<Launch>,
+}
+
+/// The launch geometry of a CUDA kernel. A step with `tasks` tasks launches
+/// `ceil(tasks / tasks_per_block)` blocks of `block` threads with `shared_bytes` of dynamic shared
+/// memory. The kernel's parameters are, by value: `i64 tasks`, then the step's dims as `i64`, then
+/// its buffers as device pointers (0 for [`BufArg::Null`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Launch {
+    pub block: u32,
+    pub tasks_per_block: u32,
+    #[serde(default)]
+    pub shared_bytes: u32,
+}
+
+impl Launch {
+    /// Blocks for `tasks` tasks.
+    pub fn grid(&self, tasks: i64) -> u32 {
+        (tasks.max(0) as u64).div_ceil(self.tasks_per_block.max(1) as u64) as u32
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

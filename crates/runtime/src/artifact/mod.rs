@@ -1,7 +1,8 @@
-//! Compiled artifacts: a directory with `manifest.json`, `kernels.so`, `weights.safetensors` and the
-//! tokenizer files. [`Artifact::open`] checks everything before anything runs: the format
-//! version, every file's size and checksum, and that this CPU has the instruction sets the kernels
-//! were compiled for.
+//! Compiled artifacts: a directory with `manifest.json`, `kernels.so` (CPU) or `kernels.ptx`
+//! (CUDA), `weights.safetensors` and the tokenizer files. [`Artifact::open`] checks everything
+//! before anything runs: the format version, every file's size and checksum, and, for CPU
+//! artifacts, that this CPU has the instruction sets the kernels were compiled for (the CUDA
+//! executor checks the GPU's SM when it loads the PTX).
 
 pub mod manifest;
 pub mod weights;
@@ -13,12 +14,13 @@ use manifest::{checksum, FORMAT_VERSION};
 use std::path::{Path, PathBuf};
 use weights::WeightFile;
 
-/// A checked, loaded artifact (kernels not yet resolved: see [`crate::cpu`]).
+/// A checked, loaded artifact (kernels not yet resolved: see [`crate::cpu`] and `crate::cuda`).
 pub struct Artifact {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub weights: WeightFile,
-    pub library: libloading::Library,
+    /// `kernels.so`, loaded (CPU artifacts only).
+    pub library: Option<libloading::Library>,
 }
 
 fn bad(path: &Path, msg: impl Into<String>) -> RuntimeError {
@@ -76,8 +78,10 @@ impl Artifact {
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| bad(&mpath, format!("malformed manifest: {e}")))?;
         let host = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
-        if !manifest.target.triple.starts_with(std::env::consts::ARCH)
-            || !manifest.target.triple.contains(std::env::consts::OS)
+        let cuda = manifest.target.is_cuda();
+        if !cuda
+            && (!manifest.target.triple.starts_with(std::env::consts::ARCH)
+                || !manifest.target.triple.contains(std::env::consts::OS))
         {
             return Err(bad(&mpath, format!("compiled for {}, but this machine is {host}", manifest.target.triple)));
         }
@@ -116,10 +120,14 @@ impl Artifact {
             }
         }
         let weights = WeightFile::open(&dir.join("weights.safetensors"))?;
-        let so = dir.join("kernels.so");
-        // SAFETY: the library was produced by `kiln compile` (its checksum matched above); it has no
-        // initializers and only exports kernels with the documented ABI.
-        let library = unsafe { libloading::Library::new(&so) }.map_err(|e| bad(&so, format!("cannot load: {e}")))?;
+        let library = if cuda {
+            None
+        } else {
+            let so = dir.join("kernels.so");
+            // SAFETY: the library was produced by `kiln compile` (its checksum matched above); it has
+            // no initializers and only exports kernels with the documented ABI.
+            Some(unsafe { libloading::Library::new(&so) }.map_err(|e| bad(&so, format!("cannot load: {e}")))?)
+        };
         Ok(Artifact { dir: dir.to_path_buf(), manifest, weights, library })
     }
 }

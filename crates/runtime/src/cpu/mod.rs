@@ -98,11 +98,18 @@ impl CpuModel {
     pub fn load_with(dir: &Path, threads: usize, offload: Option<&OffloadConfig>) -> Result<CpuModel> {
         let art = Artifact::open(dir)?;
         let m = &art.manifest;
+        let Some(library) = art.library.as_ref() else {
+            return Err(RuntimeError::Artifact(format!(
+                "{}: compiled for CUDA ({}); run it on a GPU with a CUDA-enabled kiln, or recompile with --target cpu",
+                dir.display(),
+                m.target.cpu
+            )));
+        };
         let mut kernels = Vec::with_capacity(m.kernels.len());
         for k in &m.kernels {
             // SAFETY: the symbol is a kernel with the documented ABI (the manifest says so, and its
             // checksum matched).
-            let f: libloading::Symbol<KernelFn> = unsafe { art.library.get(k.symbol.as_bytes()) }.map_err(|e| {
+            let f: libloading::Symbol<KernelFn> = unsafe { library.get(k.symbol.as_bytes()) }.map_err(|e| {
                 RuntimeError::Artifact(format!("{}: kernels.so lacks kernel '{}': {e}", dir.display(), k.symbol))
             })?;
             kernels.push(*f);

@@ -17,6 +17,9 @@ pub fn spec_err(name: &str, message: impl std::fmt::Display) -> CodegenError {
 
 /// Calls `double name(double)` from libm (`cos`, `sin`).
 pub fn libm_f64<'ctx>(cx: &KernelCx<'ctx>, name: &str, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>> {
+    if cx.gpu {
+        return crate::kernels::gpu::math::call_f64(cx, name, x);
+    }
     let f64t = cx.context.f64_type();
     let f = match cx.module.get_function(name) {
         Some(f) => f,

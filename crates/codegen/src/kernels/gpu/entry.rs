@@ -1,0 +1,139 @@
+//! The shell of every CUDA kernel: a PTX `.entry` taking `(i64 tasks, i64 dims..., ptr bufs...)`
+//! by value (the manifest's [`Launch`](kiln_runtime::artifact::manifest::Launch) ABI), and the
+//! thread-index, warp-shuffle and barrier primitives GPU emitters build on.
+//!
+//! The parameters are also stored into small local arrays so the CPU emitters' bodies — which
+//! read `dims[i]` and `bufs[i]` through pointers — can be reused unchanged; after inlining, LLVM's
+//! SROA turns those loads back into the parameters.
+
+use crate::error::Result;
+use crate::kernels::builder::{llvm_err, KernelCx};
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::module::Linkage;
+use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+
+/// An entry being emitted: its parameters, and pointers to local copies in the CPU ABI's layout.
+pub struct Entry<'ctx> {
+    pub function: FunctionValue<'ctx>,
+    pub tasks: IntValue<'ctx>,
+    pub dims: Vec<IntValue<'ctx>>,
+    pub bufs: Vec<PointerValue<'ctx>>,
+    /// `i64[dims]` holding the dims (for CPU bodies).
+    pub dims_ptr: PointerValue<'ctx>,
+    /// `ptr[bufs]` holding the buffer pointers (for CPU bodies).
+    pub bufs_ptr: PointerValue<'ctx>,
+}
+
+/// Starts the entry `name` with `ndims` dims and `nbufs` buffers, marked as a kernel whose blocks
+/// have `block` threads; the builder is left in its entry block.
+pub fn begin<'ctx>(cx: &KernelCx<'ctx>, name: &str, ndims: usize, nbufs: usize, block: u32) -> Result<Entry<'ctx>> {
+    let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![cx.i64().into()];
+    params.extend((0..ndims).map(|_| inkwell::types::BasicMetadataTypeEnum::from(cx.i64())));
+    params.extend((0..nbufs).map(|_| inkwell::types::BasicMetadataTypeEnum::from(cx.ptr())));
+    let function = cx.module.add_function(name, cx.context.void_type().fn_type(&params, false), Some(Linkage::External));
+    mark_kernel(cx, function, block);
+    cx.builder.position_at_end(cx.context.append_basic_block(function, "entry"));
+    let p = |i: usize| function.get_nth_param(i as u32).ok_or_else(|| llvm_err(format!("{name}: parameter {i}")));
+    let tasks = p(0)?.into_int_value();
+    let dims = (0..ndims).map(|i| Ok(p(1 + i)?.into_int_value())).collect::<Result<Vec<_>>>()?;
+    let bufs = (0..nbufs).map(|i| Ok(p(1 + ndims + i)?.into_pointer_value())).collect::<Result<Vec<_>>>()?;
+    let b = &cx.builder;
+    let dims_ptr = b.build_array_alloca(cx.i64(), cx.c64(ndims.max(1) as i64), "dims").map_err(llvm_err)?;
+    let bufs_ptr = b.build_array_alloca(cx.ptr(), cx.c64(nbufs.max(1) as i64), "bufs").map_err(llvm_err)?;
+    for (i, d) in dims.iter().enumerate() {
+        cx.store(cx.i64().into(), dims_ptr, cx.c64(i as i64), *d, 8)?;
+    }
+    for (i, q) in bufs.iter().enumerate() {
+        cx.store(cx.ptr().into(), bufs_ptr, cx.c64(i as i64), *q, 8)?;
+    }
+    Ok(Entry { function, tasks, dims, bufs, dims_ptr, bufs_ptr })
+}
+
+/// Marks `f` as a kernel (the `nvvm.annotations` LLVM 19's NVPTX backend reads) with at most
+/// `block` threads per block (lets ptxas budget registers).
+fn mark_kernel<'ctx>(cx: &KernelCx<'ctx>, f: FunctionValue<'ctx>, block: u32) {
+    let ptr = f.as_global_value().as_pointer_value();
+    for (key, value) in [("kernel", 1), ("maxntidx", block)] {
+        let node = cx.context.metadata_node(&[
+            ptr.into(),
+            cx.context.metadata_string(key).into(),
+            cx.i32().const_int(value as u64, false).into(),
+        ]);
+        // Only fails for a non-metadata value, which these are not.
+        let _ = cx.module.add_global_metadata("nvvm.annotations", &node);
+    }
+}
+
+/// Makes `f` (a CPU-ABI body) private to the module and always inlined into its entry.
+pub fn inline_body(cx: &KernelCx<'_>, f: FunctionValue<'_>) {
+    f.set_linkage(Linkage::Internal);
+    let kind = Attribute::get_named_enum_kind_id("alwaysinline");
+    f.add_attribute(AttributeLoc::Function, cx.context.create_enum_attribute(kind, 0));
+}
+
+fn sreg<'ctx>(cx: &KernelCx<'ctx>, name: &str) -> Result<IntValue<'ctx>> {
+    let v = cx.intrinsic(&format!("llvm.nvvm.read.ptx.sreg.{name}"), &[], &[])?.into_int_value();
+    cx.builder.build_int_z_extend(v, cx.i64(), name).map_err(llvm_err)
+}
+
+/// `threadIdx.x`, as i64.
+pub fn thread<'ctx>(cx: &KernelCx<'ctx>) -> Result<IntValue<'ctx>> {
+    sreg(cx, "tid.x")
+}
+
+/// `blockIdx.x`, as i64.
+pub fn block<'ctx>(cx: &KernelCx<'ctx>) -> Result<IntValue<'ctx>> {
+    sreg(cx, "ctaid.x")
+}
+
+/// `blockIdx.x · per_block + threadIdx.x / threads_per_task`: the task of this thread when a block
+/// does `per_block` tasks of `threads_per_task` threads each.
+pub fn task<'ctx>(cx: &KernelCx<'ctx>, per_block: u32, threads_per_task: u32) -> Result<IntValue<'ctx>> {
+    let b = &cx.builder;
+    let base = b.build_int_mul(block(cx)?, cx.c64(per_block as i64), "base").map_err(llvm_err)?;
+    let sub = b.build_int_unsigned_div(thread(cx)?, cx.c64(threads_per_task as i64), "sub").map_err(llvm_err)?;
+    b.build_int_add(base, sub, "task").map_err(llvm_err)
+}
+
+/// This thread's lane within its warp (`threadIdx.x % 32`).
+pub fn lane<'ctx>(cx: &KernelCx<'ctx>) -> Result<IntValue<'ctx>> {
+    cx.builder.build_and(thread(cx)?, cx.c64(31), "lane").map_err(llvm_err)
+}
+
+/// `shfl.sync.bfly` of an f32 across the full warp.
+pub fn shuffle_xor<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, mask: u32) -> Result<FloatValue<'ctx>> {
+    let args: [BasicMetadataValueEnum; 4] = [
+        cx.i32().const_int(0xffff_ffff, false).into(),
+        v.into(),
+        cx.i32().const_int(mask as u64, false).into(),
+        cx.i32().const_int(0x1f, false).into(),
+    ];
+    Ok(cx.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[], &args)?.into_float_value())
+}
+
+/// Sums (or, with `max`, takes the NaN-propagating maximum of) `v` over the warp's 32 lanes; every
+/// lane gets the result. The butterfly order is fixed, so the result does not depend on timing.
+pub fn warp_reduce<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, max: bool) -> Result<FloatValue<'ctx>> {
+    let mut v = v;
+    for m in [16, 8, 4, 2, 1] {
+        let o = shuffle_xor(cx, v, m)?;
+        v = if max {
+            cx.intrinsic("llvm.maximum", &[cx.f32().into()], &[v.into(), o.into()])?.into_float_value()
+        } else {
+            cx.builder.build_float_add(v, o, "wsum").map_err(llvm_err)?
+        };
+    }
+    Ok(v)
+}
+
+/// Runs `then` when `task < tasks` (threads past the last task do nothing), then returns.
+pub fn guard_and_finish<'ctx>(
+    cx: &KernelCx<'ctx>,
+    e: &Entry<'ctx>,
+    task: IntValue<'ctx>,
+    then: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let live = cx.icmp(inkwell::IntPredicate::SLT, task, e.tasks)?;
+    cx.if_then(live, then)?;
+    cx.finish()
+}

@@ -1,0 +1,259 @@
+//! `matmul` on the GPU: a warp per output column (weight row), the block's warps on consecutive
+//! columns (`cols_per_task` of them, so the planner's task count is the grid).
+//!
+//! Each lane walks the weight row in groups of 8 elements — one 128-bit load for bf16/f16 (two for
+//! f32), 8 bytes of a Q8_0/Q4_0 block plus its scale — dequantizes them in registers and multiplies
+//! them with up to [`ROWS`] activation rows at once, so a group of activation rows reads each
+//! weight byte once; decoding (one row) streams every weight byte exactly once, which is what
+//! bounds its speed. Partial sums are combined with warp shuffles in a fixed order, and lane 0
+//! writes the result (plus the bias).
+//!
+//! Consecutive lanes read consecutive 16-byte pieces, so a warp's loads are fully coalesced
+//! 512-byte transactions.
+
+use super::entry::{self, Entry};
+use super::{Arity, Launch};
+use crate::error::Result;
+use crate::kernels::builder::{llvm_err, KernelCx};
+use crate::kernels::spec::{KernelSpec, WeightFormat};
+use inkwell::types::{BasicTypeEnum, VectorType};
+use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
+use inkwell::IntPredicate;
+
+/// Activation rows multiplied per pass over the weights (prefill); decoding takes a one-row path.
+const ROWS: usize = 4;
+/// Elements per lane per step.
+const GROUP: usize = 8;
+
+struct Shape {
+    format: WeightFormat,
+    n: usize,
+    k: usize,
+}
+
+pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {
+    let KernelSpec::Matmul { format, n, k, bias, cols_per_task } = *spec else {
+        return Err(llvm_err(format!("{name}: gemv cannot emit {} kernels", spec.kind())));
+    };
+    if k % format.block() != 0 || cols_per_task == 0 || cols_per_task > 32 {
+        return Err(llvm_err(format!("{name}: K = {k} in {} with {cols_per_task} columns per task", format.name())));
+    }
+    let block = 32 * cols_per_task as u32;
+    let e = entry::begin(cx, name, arity.dims, arity.bufs, block)?;
+    let b = &cx.builder;
+    let shape = Shape { format, n, k };
+    let task = entry::block(cx)?;
+    let warp = b.build_int_unsigned_div(entry::thread(cx)?, cx.c64(32), "warp").map_err(llvm_err)?;
+    let col = b.build_int_add(b.build_int_mul(task, cx.c64(cols_per_task as i64), "c0").map_err(llvm_err)?, warp, "col").map_err(llvm_err)?;
+    let live = cx.icmp(IntPredicate::SLT, col, cx.c64(n as i64))?;
+    cx.if_then(live, || {
+        let m = *e.dims.first().ok_or_else(|| llvm_err(format!("{name}: no row count")))?;
+        let one = cx.icmp(IntPredicate::EQ, m, cx.c64(1))?;
+        // Decoding: one row, no clamping. Prefill: groups of ROWS rows.
+        let f = b.get_insert_block().and_then(|bb| bb.get_parent()).ok_or_else(|| llvm_err("no function"))?;
+        let (single, multi, done) =
+            (cx.context.append_basic_block(f, "m1"), cx.context.append_basic_block(f, "mn"), cx.context.append_basic_block(f, "mdone"));
+        b.build_conditional_branch(one, single, multi).map_err(llvm_err)?;
+        b.position_at_end(single);
+        rows_pass(cx, &e, &shape, bias, col, cx.c64(0), m, 1)?;
+        b.build_unconditional_branch(done).map_err(llvm_err)?;
+        b.position_at_end(multi);
+        cx.for_range(cx.c64(0), m, ROWS as i64, |m0| rows_pass(cx, &e, &shape, bias, col, m0, m, ROWS))?;
+        b.build_unconditional_branch(done).map_err(llvm_err)?;
+        b.position_at_end(done);
+        Ok(())
+    })?;
+    cx.finish()?;
+    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0 })
+}
+
+/// Output column `col` for activation rows `m0 .. m0 + rows` (rows past `m` repeat the last one
+/// and are not written).
+#[allow(clippy::too_many_arguments)]
+fn rows_pass<'ctx>(
+    cx: &KernelCx<'ctx>,
+    e: &Entry<'ctx>,
+    s: &Shape,
+    bias: bool,
+    col: IntValue<'ctx>,
+    m0: IntValue<'ctx>,
+    m: IntValue<'ctx>,
+    rows: usize,
+) -> Result<()> {
+    let b = &cx.builder;
+    let (a, w, bias_p, out) = (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3]);
+    let lane = entry::lane(cx)?;
+    let last = b.build_int_sub(m, cx.c64(1), "last").map_err(llvm_err)?;
+    let row_base = (0..rows)
+        .map(|r| {
+            let row = b.build_int_add(m0, cx.c64(r as i64), "row").map_err(llvm_err)?;
+            let lt = cx.icmp(IntPredicate::SLT, row, m)?;
+            let row = b.build_select(lt, row, last, "rowc").map_err(llvm_err)?.into_int_value();
+            b.build_int_mul(row, cx.c64(s.k as i64), "abase").map_err(llvm_err)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let row_bytes = s.format.row_bytes(s.k) as i64;
+    let wrow = cx.gep_bytes(w, b.build_int_mul(col, cx.c64(row_bytes), "wo").map_err(llvm_err)?)?;
+    let v8 = cx.vf32(GROUP as u32);
+    let zero: BasicValueEnum = v8.const_zero().into();
+    let groups = (s.k / GROUP) as i64;
+    let accs = cx.for_range_acc(lane, cx.c64(groups), 32, &vec![zero; rows], |g, accs| {
+        let wv = dequant_group(cx, s, wrow, g)?;
+        let k0 = b.build_int_mul(g, cx.c64(GROUP as i64), "k0").map_err(llvm_err)?;
+        let mut next = Vec::with_capacity(rows);
+        for (r, acc) in accs.iter().enumerate() {
+            let at = b.build_int_add(row_base[r], k0, "at").map_err(llvm_err)?;
+            let av = cx.load_vf32(a, at, GROUP as u32)?;
+            next.push(cx.fma(wv, av, acc.into_vector_value())?);
+        }
+        Ok(next)
+    })?;
+    let mut sums = accs.iter().map(|v| cx.hsum(v.into_vector_value())).collect::<Result<Vec<FloatValue>>>()?;
+    let tail_start = groups * GROUP as i64;
+    if tail_start < s.k as i64 {
+        // K not a multiple of 8 (unquantized formats only): the last elements one per lane.
+        let start = b.build_int_add(lane, cx.c64(tail_start), "t0").map_err(llvm_err)?;
+        let init: Vec<BasicValueEnum> = sums.iter().map(|&v| v.into()).collect();
+        let out = cx.for_range_acc(start, cx.c64(s.k as i64), 32, &init, |kk, accs| {
+            let wv = dequant_one(cx, s.format, wrow, kk)?;
+            let mut next = Vec::with_capacity(rows);
+            for (r, acc) in accs.iter().enumerate() {
+                let av = cx.load_f32(a, b.build_int_add(row_base[r], kk, "at").map_err(llvm_err)?)?;
+                next.push(cx.fma(wv, av, acc.into_float_value())?);
+            }
+            Ok(next)
+        })?;
+        sums = out.iter().map(|v| v.into_float_value()).collect();
+    }
+    let bias_v = if bias { Some(cx.load_f32(bias_p, col)?) } else { None };
+    let first = cx.icmp(IntPredicate::EQ, lane, cx.c64(0))?;
+    for (r, &sum) in sums.iter().enumerate() {
+        let mut total = entry::warp_reduce(cx, sum, false)?;
+        if let Some(bv) = bias_v {
+            total = b.build_float_add(total, bv, "biased").map_err(llvm_err)?;
+        }
+        let row = b.build_int_add(m0, cx.c64(r as i64), "row").map_err(llvm_err)?;
+        let in_range = cx.icmp(IntPredicate::SLT, row, m)?;
+        let write = b.build_and(first, in_range, "write").map_err(llvm_err)?;
+        cx.if_then(write, || {
+            let at = b.build_int_add(b.build_int_mul(row, cx.c64(s.n as i64), "o").map_err(llvm_err)?, col, "oc").map_err(llvm_err)?;
+            cx.store_f32(out, at, total)
+        })?;
+    }
+    Ok(())
+}
+
+/// Loads a value of `ty` at `base + bytes` with alignment `align`.
+fn load_at<'ctx>(
+    cx: &KernelCx<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
+    base: PointerValue<'ctx>,
+    bytes: IntValue<'ctx>,
+    align: u32,
+) -> Result<BasicValueEnum<'ctx>> {
+    let p = cx.gep_bytes(base, bytes)?;
+    let v = cx.builder.build_load(ty, p, "w").map_err(llvm_err)?;
+    if let Some(i) = v.as_instruction_value() {
+        i.set_alignment(align).map_err(llvm_err)?;
+    }
+    Ok(v)
+}
+
+/// The widest alignment (≤ 16) that every row's group of 8 elements has.
+fn group_align(format: WeightFormat, k: usize) -> u32 {
+    let esize = match format {
+        WeightFormat::F32 => 4,
+        WeightFormat::Bf16 | WeightFormat::F16 => 2,
+        _ => return 2,
+    };
+    if (k * esize) % 16 == 0 {
+        16
+    } else {
+        esize as u32
+    }
+}
+
+/// Elements `8g .. 8g + 8` of the weight row at `wrow`, as `<8 x float>`.
+fn dequant_group<'ctx>(cx: &KernelCx<'ctx>, s: &Shape, wrow: PointerValue<'ctx>, g: IntValue<'ctx>) -> Result<VectorValue<'ctx>> {
+    let b = &cx.builder;
+    let n = GROUP as u32;
+    let align = group_align(s.format, s.k);
+    let i16v = cx.context.i16_type().vec_type(n);
+    let i32v = cx.i32().vec_type(n);
+    let v8 = cx.vf32(n);
+    let k0 = b.build_int_mul(g, cx.c64(GROUP as i64), "k0").map_err(llvm_err)?;
+    let bytes = |esize: i64| b.build_int_mul(k0, cx.c64(esize), "wb").map_err(llvm_err);
+    match s.format {
+        WeightFormat::F32 => Ok(load_at(cx, v8.into(), wrow, bytes(4)?, align)?.into_vector_value()),
+        WeightFormat::Bf16 => {
+            let raw = load_at(cx, i16v.into(), wrow, bytes(2)?, align)?.into_vector_value();
+            let wide = b.build_int_z_extend(raw, i32v, "z").map_err(llvm_err)?;
+            let shifted = b.build_left_shift(wide, splat_i32(cx, 16, n), "sh").map_err(llvm_err)?;
+            Ok(b.build_bit_cast(shifted, v8, "bf").map_err(llvm_err)?.into_vector_value())
+        }
+        WeightFormat::F16 => {
+            let hv = cx.context.f16_type().vec_type(n);
+            let raw = load_at(cx, hv.into(), wrow, bytes(2)?, align)?.into_vector_value();
+            b.build_float_ext(raw, v8, "h").map_err(llvm_err)
+        }
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
+            let q4 = s.format == WeightFormat::Q4_0;
+            let block_bytes: i64 = if q4 { 18 } else { 34 };
+            // Group g is elements 8·(g mod 4) .. +8 of block g / 4.
+            let blk = b.build_int_unsigned_div(g, cx.c64(4), "blk").map_err(llvm_err)?;
+            let j = b.build_int_mul(b.build_and(g, cx.c64(3), "gj").map_err(llvm_err)?, cx.c64(8), "j").map_err(llvm_err)?;
+            let start = b.build_int_mul(blk, cx.c64(block_bytes), "bs").map_err(llvm_err)?;
+            let scale = load_at(cx, cx.context.f16_type().into(), wrow, start, 2)?.into_float_value();
+            let scale = b.build_float_ext(scale, cx.f32(), "d").map_err(llvm_err)?;
+            let i8v = cx.context.i8_type().vec_type(n);
+            let q = if q4 {
+                // Elements 0..16 are the low nibbles of bytes 0..16, 16..32 the high ones.
+                let byte = b.build_and(j, cx.c64(15), "jb").map_err(llvm_err)?;
+                let at = b.build_int_add(start, b.build_int_add(byte, cx.c64(2), "o").map_err(llvm_err)?, "qa").map_err(llvm_err)?;
+                let raw = load_at(cx, i8v.into(), wrow, at, 2)?.into_vector_value();
+                let wide = b.build_int_z_extend(raw, i32v, "qz").map_err(llvm_err)?;
+                let high = cx.icmp(IntPredicate::UGE, j, cx.c64(16))?;
+                let shift = b.build_select(high, cx.i32().const_int(4, false), cx.i32().const_zero(), "s").map_err(llvm_err)?;
+                let shift = splat_value(cx, shift.into_int_value(), n)?;
+                let nib = b.build_and(b.build_right_shift(wide, shift, false, "hs").map_err(llvm_err)?, splat_i32(cx, 15, n), "nib").map_err(llvm_err)?;
+                b.build_int_sub(nib, splat_i32(cx, 8, n), "q").map_err(llvm_err)?
+            } else {
+                let at = b.build_int_add(start, b.build_int_add(j, cx.c64(2), "o").map_err(llvm_err)?, "qa").map_err(llvm_err)?;
+                let raw = load_at(cx, i8v.into(), wrow, at, 2)?.into_vector_value();
+                b.build_int_s_extend(raw, i32v, "qs").map_err(llvm_err)?
+            };
+            let qf = b.build_signed_int_to_float(q, v8, "qf").map_err(llvm_err)?;
+            let d = cx.splat(scale, n)?;
+            b.build_float_mul(qf, d, "deq").map_err(llvm_err)
+        }
+    }
+}
+
+/// Element `kk` of an unquantized weight row.
+fn dequant_one<'ctx>(cx: &KernelCx<'ctx>, format: WeightFormat, wrow: PointerValue<'ctx>, kk: IntValue<'ctx>) -> Result<FloatValue<'ctx>> {
+    let b = &cx.builder;
+    match format {
+        WeightFormat::F32 => cx.load_f32(wrow, kk),
+        WeightFormat::Bf16 => {
+            let raw = cx.load(cx.context.i16_type().into(), wrow, kk, 2)?.into_int_value();
+            let wide = b.build_int_z_extend(raw, cx.i32(), "z").map_err(llvm_err)?;
+            let sh = b.build_left_shift(wide, cx.i32().const_int(16, false), "sh").map_err(llvm_err)?;
+            Ok(b.build_bit_cast(sh, cx.f32(), "bf").map_err(llvm_err)?.into_float_value())
+        }
+        WeightFormat::F16 => {
+            let h = cx.load(cx.context.f16_type().into(), wrow, kk, 2)?.into_float_value();
+            b.build_float_ext(h, cx.f32(), "h").map_err(llvm_err)
+        }
+        _ => Err(llvm_err("quantized rows are whole blocks")),
+    }
+}
+
+fn splat_i32<'ctx>(cx: &KernelCx<'ctx>, v: u64, n: u32) -> VectorValue<'ctx> {
+    VectorType::const_vector(&vec![cx.i32().const_int(v, false); n as usize])
+}
+
+fn splat_value<'ctx>(cx: &KernelCx<'ctx>, v: IntValue<'ctx>, n: u32) -> Result<VectorValue<'ctx>> {
+    let ty = cx.i32().vec_type(n);
+    let one = cx.builder.build_insert_element(ty.get_undef(), v, cx.i32().const_zero(), "s").map_err(llvm_err)?;
+    cx.builder.build_shuffle_vector(one, ty.get_undef(), cx.i32().vec_type(n).const_zero(), "splat").map_err(llvm_err)
+}
