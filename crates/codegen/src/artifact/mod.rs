@@ -77,7 +77,10 @@ fn arities(plan: &Plan) -> Result<Vec<Arity>> {
             Some(Some(prev)) if *prev != a => {
                 return Err(CodegenError::Plan {
                     node: s.label.clone(),
-                    message: format!("kernel {} is called with {a:?} here and {prev:?} elsewhere", plan.kernels[s.kernel].0),
+                    message: format!(
+                        "kernel {} is called with {a:?} here and {prev:?} elsewhere",
+                        plan.kernels[s.kernel].0
+                    ),
                 })
             }
             _ => {}

@@ -36,6 +36,9 @@ pub struct KernelCx<'ctx> {
     /// Kernels for NVPTX: no libm to call, so math functions are generated inline
     /// ([`super::gpu::math`]).
     pub gpu: bool,
+    /// GPU kernels compiled for the host to run in the SIMT simulator ([`super::gpu::sim`]):
+    /// thread indices, shuffles and barriers become calls to the simulator.
+    pub sim: bool,
 }
 
 /// The function being emitted: its ABI arguments.
@@ -49,12 +52,24 @@ pub struct KernelFn<'ctx> {
 
 impl<'ctx> KernelCx<'ctx> {
     pub fn new(context: &'ctx Context, name: &str, lanes: u32) -> KernelCx<'ctx> {
-        KernelCx { context, module: context.create_module(name), builder: context.create_builder(), lanes, gpu: false }
+        KernelCx {
+            context,
+            module: context.create_module(name),
+            builder: context.create_builder(),
+            lanes,
+            gpu: false,
+            sim: false,
+        }
     }
 
     /// A module of GPU kernels (NVPTX): 4-lane vectors (128-bit loads), math inline.
     pub fn new_gpu(context: &'ctx Context, name: &str) -> KernelCx<'ctx> {
         KernelCx { gpu: true, ..KernelCx::new(context, name, 4) }
+    }
+
+    /// GPU kernels for the host's SIMT simulator (tests).
+    pub fn new_gpu_sim(context: &'ctx Context, name: &str) -> KernelCx<'ctx> {
+        KernelCx { sim: true, ..KernelCx::new_gpu(context, name) }
     }
 
     pub fn f32(&self) -> FloatType<'ctx> {

@@ -38,7 +38,10 @@ fn check(name: &str, arity: Arity, dims: usize, bufs: usize) -> Result<()> {
 fn check_rope(name: &str, rope: &RopeParams, head_dim: usize) -> Result<()> {
     let r = rope.rotary;
     if r == 0 || r % 2 == 1 || r > head_dim || rope.inv_freq.len() != r / 2 {
-        return Err(llvm_err(format!("{name}: rotary dim {r} with {} frequencies for heads of {head_dim}", rope.inv_freq.len())));
+        return Err(llvm_err(format!(
+            "{name}: rotary dim {r} with {} frequencies for heads of {head_dim}",
+            rope.inv_freq.len()
+        )));
     }
     Ok(())
 }
@@ -61,7 +64,13 @@ impl<'a, 'ctx> Rope<'a, 'ctx> {
     }
 
     /// Element `d` (< head_dim) of the head at `src`, rotated to position `pos` (i64), as f32.
-    fn element(&self, cx: &KernelCx<'ctx>, src: PointerValue<'ctx>, d: IntValue<'ctx>, pos: IntValue<'ctx>) -> Result<FloatValue<'ctx>> {
+    fn element(
+        &self,
+        cx: &KernelCx<'ctx>,
+        src: PointerValue<'ctx>,
+        d: IntValue<'ctx>,
+        pos: IntValue<'ctx>,
+    ) -> Result<FloatValue<'ctx>> {
         let b = &cx.builder;
         let x = cx.load_f32(src, d)?;
         let rotary = self.params.rotary as i64;
@@ -80,7 +89,10 @@ impl<'a, 'ctx> Rope<'a, 'ctx> {
             (i, partner, first)
         } else {
             let first = cx.icmp(IntPredicate::SLT, d, cx.c64(half))?;
-            let i = b.build_select(first, d, b.build_int_sub(d, cx.c64(half), "dh").map_err(llvm_err)?, "i").map_err(llvm_err)?.into_int_value();
+            let i = b
+                .build_select(first, d, b.build_int_sub(d, cx.c64(half), "dh").map_err(llvm_err)?, "i")
+                .map_err(llvm_err)?
+                .into_int_value();
             let up = b.build_int_add(d, cx.c64(half), "up").map_err(llvm_err)?;
             let down = b.build_int_sub(d, cx.c64(half), "down").map_err(llvm_err)?;
             let partner = b.build_select(first, up, down, "p").map_err(llvm_err)?.into_int_value();
@@ -147,9 +159,16 @@ struct Shape {
     softcap: Option<f32>,
 }
 
-fn attend<'ctx>(cx: &KernelCx<'ctx>, e: &Entry<'ctx>, task: IntValue<'ctx>, a: Shape, rope: Option<&Rope<'_, 'ctx>>) -> Result<()> {
+fn attend<'ctx>(
+    cx: &KernelCx<'ctx>,
+    e: &Entry<'ctx>,
+    task: IntValue<'ctx>,
+    a: Shape,
+    rope: Option<&Rope<'_, 'ctx>>,
+) -> Result<()> {
     let b = &cx.builder;
-    let (q, positions, cache_k, cache_v, cache_pos, out) = (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3], e.bufs[4], e.bufs[5]);
+    let (q, positions, cache_k, cache_v, cache_pos, out) =
+        (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3], e.bufs[4], e.bufs[5]);
     let len = e.dims[1];
     let heads = cx.c64(a.heads as i64);
     let t = b.build_int_unsigned_div(task, heads, "t").map_err(llvm_err)?;
@@ -181,7 +200,9 @@ fn attend<'ctx>(cx: &KernelCx<'ctx>, e: &Entry<'ctx>, task: IntValue<'ctx>, a: S
     let mut init: Vec<BasicValueEnum> = vec![cx.cf(f32::NEG_INFINITY).into(), cx.cf(0.0).into()];
     init.extend((0..per_lane).map(|_| BasicValueEnum::from(cx.cf(0.0))));
     let state = cx.for_range_acc(cx.c64(0), len, 1, &init, |j, cur| {
-        let kv_row = b.build_int_add(b.build_int_mul(j, cx.c64(a.kv_heads as i64), "jk").map_err(llvm_err)?, g, "jg").map_err(llvm_err)?;
+        let kv_row = b
+            .build_int_add(b.build_int_mul(j, cx.c64(a.kv_heads as i64), "jk").map_err(llvm_err)?, g, "jg")
+            .map_err(llvm_err)?;
         let kv_row = b.build_int_mul(kv_row, cx.c64(a.head_dim as i64), "kvrow").map_err(llvm_err)?;
         let key = cx.gep(cx.f32().into(), cache_k, kv_row)?;
         let value = cx.gep(cx.f32().into(), cache_v, kv_row)?;
@@ -230,7 +251,13 @@ fn attend<'ctx>(cx: &KernelCx<'ctx>, e: &Entry<'ctx>, task: IntValue<'ctx>, a: S
 }
 
 /// Whether cache entry `j` is visible to a query at `pos_q` (None: every key is).
-fn visible<'ctx>(cx: &KernelCx<'ctx>, a: Shape, cache_pos: PointerValue<'ctx>, pos_q: IntValue<'ctx>, j: IntValue<'ctx>) -> Result<Option<IntValue<'ctx>>> {
+fn visible<'ctx>(
+    cx: &KernelCx<'ctx>,
+    a: Shape,
+    cache_pos: PointerValue<'ctx>,
+    pos_q: IntValue<'ctx>,
+    j: IntValue<'ctx>,
+) -> Result<Option<IntValue<'ctx>>> {
     if !a.causal && a.window.is_none() {
         return Ok(None);
     }
@@ -295,11 +322,14 @@ pub fn emit_kv_append(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: A
     let t = entry::block(cx)?;
     let b = &cx.builder;
     entry::guard_and_finish(cx, &e, t, || {
-        let (keys, values, positions, cache_k, cache_v, cache_pos) = (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3], e.bufs[4], e.bufs[5]);
+        let (keys, values, positions, cache_k, cache_v, cache_pos) =
+            (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3], e.bufs[4], e.bufs[5]);
         let entry_at = b.build_int_add(e.dims[1], t, "entry").map_err(llvm_err)?;
         let pos32 = cx.load_i32(positions, t)?;
         let tid = entry::thread(cx)?;
-        cx.if_then(cx.icmp(IntPredicate::EQ, tid, cx.c64(0))?, || cx.store(cx.i32().into(), cache_pos, entry_at, pos32, 4))?;
+        cx.if_then(cx.icmp(IntPredicate::EQ, tid, cx.c64(0))?, || {
+            cx.store(cx.i32().into(), cache_pos, entry_at, pos32, 4)
+        })?;
         let pos = b.build_int_s_extend(pos32, cx.i64(), "pos").map_err(llvm_err)?;
         let row = (kv_heads * head_dim) as i64;
         let src = b.build_int_mul(t, cx.c64(row), "src").map_err(llvm_err)?;

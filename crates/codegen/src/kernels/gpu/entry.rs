@@ -30,8 +30,12 @@ pub fn begin<'ctx>(cx: &KernelCx<'ctx>, name: &str, ndims: usize, nbufs: usize, 
     let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![cx.i64().into()];
     params.extend((0..ndims).map(|_| inkwell::types::BasicMetadataTypeEnum::from(cx.i64())));
     params.extend((0..nbufs).map(|_| inkwell::types::BasicMetadataTypeEnum::from(cx.ptr())));
-    let function = cx.module.add_function(name, cx.context.void_type().fn_type(&params, false), Some(Linkage::External));
+    let function =
+        cx.module.add_function(name, cx.context.void_type().fn_type(&params, false), Some(Linkage::External));
     mark_kernel(cx, function, block);
+    if cx.sim {
+        sim_wrapper(cx, name, function, ndims, nbufs)?;
+    }
     cx.builder.position_at_end(cx.context.append_basic_block(function, "entry"));
     let p = |i: usize| function.get_nth_param(i as u32).ok_or_else(|| llvm_err(format!("{name}: parameter {i}")));
     let tasks = p(0)?.into_int_value();
@@ -47,6 +51,33 @@ pub fn begin<'ctx>(cx: &KernelCx<'ctx>, name: &str, ndims: usize, nbufs: usize, 
         cx.store(cx.ptr().into(), bufs_ptr, cx.c64(i as i64), *q, 8)?;
     }
     Ok(Entry { function, tasks, dims, bufs, dims_ptr, bufs_ptr })
+}
+
+/// `void {name}__sim(const i64* params)`: calls the entry with `params` unpacked (tasks, dims,
+/// then buffer addresses), so the simulator can call any entry through one signature.
+fn sim_wrapper<'ctx>(
+    cx: &KernelCx<'ctx>,
+    name: &str,
+    entry: FunctionValue<'ctx>,
+    ndims: usize,
+    nbufs: usize,
+) -> Result<()> {
+    let ty = cx.context.void_type().fn_type(&[cx.ptr().into()], false);
+    let f = cx.module.add_function(&format!("{name}__sim"), ty, Some(Linkage::External));
+    cx.builder.position_at_end(cx.context.append_basic_block(f, "entry"));
+    let params = f.get_nth_param(0).ok_or_else(|| llvm_err("no parameter"))?.into_pointer_value();
+    let mut args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(1 + ndims + nbufs);
+    for i in 0..1 + ndims + nbufs {
+        let v = cx.load(cx.i64().into(), params, cx.c64(i as i64), 8)?.into_int_value();
+        args.push(if i > ndims {
+            cx.builder.build_int_to_ptr(v, cx.ptr(), "p").map_err(llvm_err)?.into()
+        } else {
+            v.into()
+        });
+    }
+    cx.builder.build_call(entry, &args, "").map_err(llvm_err)?;
+    cx.builder.build_return(None).map_err(llvm_err)?;
+    Ok(())
 }
 
 /// Marks `f` as a kernel (the `nvvm.annotations` LLVM 19's NVPTX backend reads) with at most
@@ -72,8 +103,65 @@ pub fn inline_body(cx: &KernelCx<'_>, f: FunctionValue<'_>) {
 }
 
 fn sreg<'ctx>(cx: &KernelCx<'ctx>, name: &str) -> Result<IntValue<'ctx>> {
-    let v = cx.intrinsic(&format!("llvm.nvvm.read.ptx.sreg.{name}"), &[], &[])?.into_int_value();
+    let v = if cx.sim {
+        let hook = match name {
+            "tid.x" => Hook::Thread,
+            _ => Hook::Block,
+        };
+        sim_call(cx, hook, &[])?.ok_or_else(|| llvm_err("hook returned nothing"))?.into_int_value()
+    } else {
+        cx.intrinsic(&format!("llvm.nvvm.read.ptx.sreg.{name}"), &[], &[])?.into_int_value()
+    };
     cx.builder.build_int_z_extend(v, cx.i64(), name).map_err(llvm_err)
+}
+
+/// The simulator's entry points, by their index in its hook table ([`super::sim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `i32 ()`: threadIdx.x.
+    Thread = 0,
+    /// `i32 ()`: blockIdx.x.
+    Block = 1,
+    /// `float (float, i32 mask)`: shfl.sync.bfly.
+    ShuffleXor = 2,
+    /// `float (float, i32 lane)`: shfl.sync.idx.
+    ShuffleIdx = 3,
+    /// `void ()`: bar.sync 0.
+    Barrier = 4,
+}
+
+/// The global the simulator points at its hook table.
+pub const SIM_HOOKS: &str = "kiln_sim_hooks";
+
+/// Calls simulator hook `h` through the table `kiln_sim_hooks` points to.
+fn sim_call<'ctx>(
+    cx: &KernelCx<'ctx>,
+    h: Hook,
+    args: &[BasicMetadataValueEnum<'ctx>],
+) -> Result<Option<inkwell::values::BasicValueEnum<'ctx>>> {
+    let table_ptr = match cx.module.get_global(SIM_HOOKS) {
+        Some(g) => g,
+        None => {
+            let g = cx.module.add_global(cx.ptr(), None, SIM_HOOKS);
+            g.set_initializer(&cx.ptr().const_null());
+            g
+        }
+    };
+    let b = &cx.builder;
+    let table = b.build_load(cx.ptr(), table_ptr.as_pointer_value(), "hooks").map_err(llvm_err)?.into_pointer_value();
+    let slot = cx.gep(cx.ptr().into(), table, cx.c64(h as i64))?;
+    let f = b.build_load(cx.ptr(), slot, "hook").map_err(llvm_err)?.into_pointer_value();
+    let (f32t, i32t) = (cx.f32(), cx.i32());
+    let ty = match h {
+        Hook::Thread | Hook::Block => i32t.fn_type(&[], false),
+        Hook::ShuffleXor | Hook::ShuffleIdx => f32t.fn_type(&[f32t.into(), i32t.into()], false),
+        Hook::Barrier => cx.context.void_type().fn_type(&[], false),
+    };
+    let call = b.build_indirect_call(ty, f, args, "h").map_err(llvm_err)?;
+    Ok(match call.try_as_basic_value() {
+        inkwell::values::ValueKind::Basic(v) => Some(v),
+        _ => None,
+    })
 }
 
 /// `threadIdx.x`, as i64.
@@ -102,6 +190,10 @@ pub fn lane<'ctx>(cx: &KernelCx<'ctx>) -> Result<IntValue<'ctx>> {
 
 /// `shfl.sync.bfly` of an f32 across the full warp.
 pub fn shuffle_xor<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, mask: u32) -> Result<FloatValue<'ctx>> {
+    if cx.sim {
+        let args = [v.into(), cx.i32().const_int(mask as u64, false).into()];
+        return Ok(sim_call(cx, Hook::ShuffleXor, &args)?.ok_or_else(|| llvm_err("no value"))?.into_float_value());
+    }
     let args: [BasicMetadataValueEnum; 4] = [
         cx.i32().const_int(0xffff_ffff, false).into(),
         v.into(),
@@ -109,6 +201,30 @@ pub fn shuffle_xor<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, mask: u32) ->
         cx.i32().const_int(0x1f, false).into(),
     ];
     Ok(cx.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[], &args)?.into_float_value())
+}
+
+/// `shfl.sync.idx`: lane `src`'s `v` (an i32 value), for every lane of the full warp.
+pub fn shuffle_idx<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, src: IntValue<'ctx>) -> Result<FloatValue<'ctx>> {
+    if cx.sim {
+        let args = [v.into(), src.into()];
+        return Ok(sim_call(cx, Hook::ShuffleIdx, &args)?.ok_or_else(|| llvm_err("no value"))?.into_float_value());
+    }
+    let args: [BasicMetadataValueEnum; 4] =
+        [cx.i32().const_int(0xffff_ffff, false).into(), v.into(), src.into(), cx.i32().const_int(0x1f, false).into()];
+    Ok(cx.intrinsic("llvm.nvvm.shfl.sync.idx.f32", &[], &args)?.into_float_value())
+}
+
+/// `bar.sync 0`: waits for every thread of the block.
+pub fn barrier(cx: &KernelCx<'_>) -> Result<()> {
+    if cx.sim {
+        sim_call(cx, Hook::Barrier, &[])?;
+        return Ok(());
+    }
+    let f = inkwell::intrinsics::Intrinsic::find("llvm.nvvm.barrier0")
+        .and_then(|i| i.get_declaration(&cx.module, &[]))
+        .ok_or_else(|| llvm_err("no llvm.nvvm.barrier0"))?;
+    cx.builder.build_call(f, &[], "").map_err(llvm_err)?;
+    Ok(())
 }
 
 /// Sums (or, with `max`, takes the NaN-propagating maximum of) `v` over the warp's 32 lanes; every

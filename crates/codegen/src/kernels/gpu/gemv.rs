@@ -44,15 +44,20 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
     let shape = Shape { format, n, k };
     let task = entry::block(cx)?;
     let warp = b.build_int_unsigned_div(entry::thread(cx)?, cx.c64(32), "warp").map_err(llvm_err)?;
-    let col = b.build_int_add(b.build_int_mul(task, cx.c64(cols_per_task as i64), "c0").map_err(llvm_err)?, warp, "col").map_err(llvm_err)?;
+    let col = b
+        .build_int_add(b.build_int_mul(task, cx.c64(cols_per_task as i64), "c0").map_err(llvm_err)?, warp, "col")
+        .map_err(llvm_err)?;
     let live = cx.icmp(IntPredicate::SLT, col, cx.c64(n as i64))?;
     cx.if_then(live, || {
         let m = *e.dims.first().ok_or_else(|| llvm_err(format!("{name}: no row count")))?;
         let one = cx.icmp(IntPredicate::EQ, m, cx.c64(1))?;
         // Decoding: one row, no clamping. Prefill: groups of ROWS rows.
         let f = b.get_insert_block().and_then(|bb| bb.get_parent()).ok_or_else(|| llvm_err("no function"))?;
-        let (single, multi, done) =
-            (cx.context.append_basic_block(f, "m1"), cx.context.append_basic_block(f, "mn"), cx.context.append_basic_block(f, "mdone"));
+        let (single, multi, done) = (
+            cx.context.append_basic_block(f, "m1"),
+            cx.context.append_basic_block(f, "mn"),
+            cx.context.append_basic_block(f, "mdone"),
+        );
         b.build_conditional_branch(one, single, multi).map_err(llvm_err)?;
         b.position_at_end(single);
         rows_pass(cx, &e, &shape, bias, col, cx.c64(0), m, 1)?;
@@ -136,7 +141,9 @@ fn rows_pass<'ctx>(
         let in_range = cx.icmp(IntPredicate::SLT, row, m)?;
         let write = b.build_and(first, in_range, "write").map_err(llvm_err)?;
         cx.if_then(write, || {
-            let at = b.build_int_add(b.build_int_mul(row, cx.c64(s.n as i64), "o").map_err(llvm_err)?, col, "oc").map_err(llvm_err)?;
+            let at = b
+                .build_int_add(b.build_int_mul(row, cx.c64(s.n as i64), "o").map_err(llvm_err)?, col, "oc")
+                .map_err(llvm_err)?;
             cx.store_f32(out, at, total)
         })?;
     }
@@ -174,7 +181,12 @@ fn group_align(format: WeightFormat, k: usize) -> u32 {
 }
 
 /// Elements `8g .. 8g + 8` of the weight row at `wrow`, as `<8 x float>`.
-fn dequant_group<'ctx>(cx: &KernelCx<'ctx>, s: &Shape, wrow: PointerValue<'ctx>, g: IntValue<'ctx>) -> Result<VectorValue<'ctx>> {
+fn dequant_group<'ctx>(
+    cx: &KernelCx<'ctx>,
+    s: &Shape,
+    wrow: PointerValue<'ctx>,
+    g: IntValue<'ctx>,
+) -> Result<VectorValue<'ctx>> {
     let b = &cx.builder;
     let n = GROUP as u32;
     let align = group_align(s.format, s.k);
@@ -201,7 +213,9 @@ fn dequant_group<'ctx>(cx: &KernelCx<'ctx>, s: &Shape, wrow: PointerValue<'ctx>,
             let block_bytes: i64 = if q4 { 18 } else { 34 };
             // Group g is elements 8·(g mod 4) .. +8 of block g / 4.
             let blk = b.build_int_unsigned_div(g, cx.c64(4), "blk").map_err(llvm_err)?;
-            let j = b.build_int_mul(b.build_and(g, cx.c64(3), "gj").map_err(llvm_err)?, cx.c64(8), "j").map_err(llvm_err)?;
+            let j = b
+                .build_int_mul(b.build_and(g, cx.c64(3), "gj").map_err(llvm_err)?, cx.c64(8), "j")
+                .map_err(llvm_err)?;
             let start = b.build_int_mul(blk, cx.c64(block_bytes), "bs").map_err(llvm_err)?;
             let scale = load_at(cx, cx.context.f16_type().into(), wrow, start, 2)?.into_float_value();
             let scale = b.build_float_ext(scale, cx.f32(), "d").map_err(llvm_err)?;
@@ -209,16 +223,27 @@ fn dequant_group<'ctx>(cx: &KernelCx<'ctx>, s: &Shape, wrow: PointerValue<'ctx>,
             let q = if q4 {
                 // Elements 0..16 are the low nibbles of bytes 0..16, 16..32 the high ones.
                 let byte = b.build_and(j, cx.c64(15), "jb").map_err(llvm_err)?;
-                let at = b.build_int_add(start, b.build_int_add(byte, cx.c64(2), "o").map_err(llvm_err)?, "qa").map_err(llvm_err)?;
+                let at = b
+                    .build_int_add(start, b.build_int_add(byte, cx.c64(2), "o").map_err(llvm_err)?, "qa")
+                    .map_err(llvm_err)?;
                 let raw = load_at(cx, i8v.into(), wrow, at, 2)?.into_vector_value();
                 let wide = b.build_int_z_extend(raw, i32v, "qz").map_err(llvm_err)?;
                 let high = cx.icmp(IntPredicate::UGE, j, cx.c64(16))?;
-                let shift = b.build_select(high, cx.i32().const_int(4, false), cx.i32().const_zero(), "s").map_err(llvm_err)?;
+                let shift =
+                    b.build_select(high, cx.i32().const_int(4, false), cx.i32().const_zero(), "s").map_err(llvm_err)?;
                 let shift = splat_value(cx, shift.into_int_value(), n)?;
-                let nib = b.build_and(b.build_right_shift(wide, shift, false, "hs").map_err(llvm_err)?, splat_i32(cx, 15, n), "nib").map_err(llvm_err)?;
+                let nib = b
+                    .build_and(
+                        b.build_right_shift(wide, shift, false, "hs").map_err(llvm_err)?,
+                        splat_i32(cx, 15, n),
+                        "nib",
+                    )
+                    .map_err(llvm_err)?;
                 b.build_int_sub(nib, splat_i32(cx, 8, n), "q").map_err(llvm_err)?
             } else {
-                let at = b.build_int_add(start, b.build_int_add(j, cx.c64(2), "o").map_err(llvm_err)?, "qa").map_err(llvm_err)?;
+                let at = b
+                    .build_int_add(start, b.build_int_add(j, cx.c64(2), "o").map_err(llvm_err)?, "qa")
+                    .map_err(llvm_err)?;
                 let raw = load_at(cx, i8v.into(), wrow, at, 2)?.into_vector_value();
                 b.build_int_s_extend(raw, i32v, "qs").map_err(llvm_err)?
             };
@@ -230,7 +255,12 @@ fn dequant_group<'ctx>(cx: &KernelCx<'ctx>, s: &Shape, wrow: PointerValue<'ctx>,
 }
 
 /// Element `kk` of an unquantized weight row.
-fn dequant_one<'ctx>(cx: &KernelCx<'ctx>, format: WeightFormat, wrow: PointerValue<'ctx>, kk: IntValue<'ctx>) -> Result<FloatValue<'ctx>> {
+fn dequant_one<'ctx>(
+    cx: &KernelCx<'ctx>,
+    format: WeightFormat,
+    wrow: PointerValue<'ctx>,
+    kk: IntValue<'ctx>,
+) -> Result<FloatValue<'ctx>> {
     let b = &cx.builder;
     match format {
         WeightFormat::F32 => cx.load_f32(wrow, kk),

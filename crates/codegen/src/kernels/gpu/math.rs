@@ -64,7 +64,8 @@ pub fn call_f64<'ctx>(cx: &KernelCx<'ctx>, name: &str, x: FloatValue<'ctx>) -> R
     };
     let mut acc = c(coeff(terms - 1));
     for n in (0..terms - 1).rev() {
-        acc = cx.intrinsic("llvm.fma", &[f64t.into()], &[acc.into(), r2.into(), c(coeff(n)).into()])?.into_float_value();
+        acc =
+            cx.intrinsic("llvm.fma", &[f64t.into()], &[acc.into(), r2.into(), c(coeff(n)).into()])?.into_float_value();
     }
     if first == 1 {
         acc = b.build_float_mul(acc, r, "sin").map_err(llvm_err)?;
@@ -84,8 +85,21 @@ fn one_lane<'ctx>(
     Ok(e.into_float_value())
 }
 
-/// A one-argument NVVM approximation intrinsic (`lg2.approx`, `ex2.approx`).
+/// A one-argument NVVM approximation intrinsic (`lg2.approx`, `ex2.approx`); the simulator
+/// calls libm's `log2f`/`exp2f` instead.
 fn approx<'ctx>(cx: &KernelCx<'ctx>, name: &str, x: FloatValue<'ctx>) -> Result<FloatValue<'ctx>> {
+    if cx.sim {
+        let host = if name.contains("lg2") { "log2f" } else { "exp2f" };
+        let f = cx.module.get_function(host).unwrap_or_else(|| {
+            let ty = cx.f32().fn_type(&[cx.f32().into()], false);
+            cx.module.add_function(host, ty, Some(inkwell::module::Linkage::External))
+        });
+        let call = cx.builder.build_call(f, &[x.into()], "m").map_err(llvm_err)?;
+        return match call.try_as_basic_value() {
+            inkwell::values::ValueKind::Basic(v) => Ok(v.into_float_value()),
+            _ => Err(llvm_err(format!("{host} returned nothing"))),
+        };
+    }
     Ok(cx.intrinsic(name, &[], &[x.into()])?.into_float_value())
 }
 
@@ -135,7 +149,9 @@ fn erfc<'ctx>(cx: &KernelCx<'ctx>, x: FloatValue<'ctx>) -> Result<FloatValue<'ct
     ];
     let b = &cx.builder;
     let z = cx.intrinsic("llvm.fabs", &[cx.f32().into()], &[x.into()])?.into_float_value();
-    let den = b.build_float_add(cx.cf(1.0), b.build_float_mul(z, cx.cf(0.5), "hz").map_err(llvm_err)?, "d").map_err(llvm_err)?;
+    let den = b
+        .build_float_add(cx.cf(1.0), b.build_float_mul(z, cx.cf(0.5), "hz").map_err(llvm_err)?, "d")
+        .map_err(llvm_err)?;
     let t = b.build_float_div(cx.cf(1.0), den, "t").map_err(llvm_err)?;
     let mut poly = cx.cf(P[9]);
     for &p in P[..9].iter().rev() {

@@ -18,6 +18,7 @@ pub mod entry;
 pub mod gemv;
 pub mod math;
 pub mod rows;
+pub mod sim;
 
 use super::builder::KernelCx;
 use super::emit::emit_kernel;

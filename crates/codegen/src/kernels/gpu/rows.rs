@@ -22,7 +22,10 @@ const ELEMENTWISE_BLOCK: u32 = 256;
 
 fn check_arity(name: &str, arity: Arity, bufs: usize) -> Result<()> {
     if arity.bufs != bufs || arity.dims < 1 {
-        return Err(llvm_err(format!("{name}: called with {} dims and {} buffers, expected 1 and {bufs}", arity.dims, arity.bufs)));
+        return Err(llvm_err(format!(
+            "{name}: called with {} dims and {} buffers, expected 1 and {bufs}",
+            arity.dims, arity.bufs
+        )));
     }
     Ok(())
 }
@@ -130,7 +133,14 @@ fn mul<'ctx>(cx: &KernelCx<'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R
     cx.builder.build_float_mul(a, b, "m").map_err(llvm_err)
 }
 
-fn rms_norm<'ctx>(cx: &KernelCx<'ctx>, e: &Entry<'ctx>, row: IntValue<'ctx>, cols: usize, eps: f32, weight: bool) -> Result<()> {
+fn rms_norm<'ctx>(
+    cx: &KernelCx<'ctx>,
+    e: &Entry<'ctx>,
+    row: IntValue<'ctx>,
+    cols: usize,
+    eps: f32,
+    weight: bool,
+) -> Result<()> {
     let (x, w, out) = (e.bufs[0], e.bufs[1], e.bufs[2]);
     let start = row_start(cx, row, cols)?;
     let ss = fold(cx, start, cols, false, |_, at, acc| {
@@ -160,7 +170,8 @@ fn layer_norm<'ctx>(
     let (x, w, bv, out) = (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3]);
     let b = &cx.builder;
     let start = row_start(cx, row, cols)?;
-    let sum = fold(cx, start, cols, false, |_, at, acc| b.build_float_add(acc, cx.load_f32(x, at)?, "s").map_err(llvm_err))?;
+    let sum =
+        fold(cx, start, cols, false, |_, at, acc| b.build_float_add(acc, cx.load_f32(x, at)?, "s").map_err(llvm_err))?;
     let mean = b.build_float_div(sum, cx.cf(cols as f32), "mean").map_err(llvm_err)?;
     let centered = |at| b.build_float_sub(cx.load_f32(x, at)?, mean, "d").map_err(llvm_err);
     let ss = fold(cx, start, cols, false, |_, at, acc| {
@@ -185,7 +196,9 @@ fn softmax<'ctx>(cx: &KernelCx<'ctx>, e: &Entry<'ctx>, row: IntValue<'ctx>, cols
     let b = &cx.builder;
     let start = row_start(cx, row, cols)?;
     let max = fold(cx, start, cols, true, |_, at, acc| {
-        Ok(cx.intrinsic("llvm.maximum", &[cx.f32().into()], &[acc.into(), cx.load_f32(x, at)?.into()])?.into_float_value())
+        Ok(cx
+            .intrinsic("llvm.maximum", &[cx.f32().into()], &[acc.into(), cx.load_f32(x, at)?.into()])?
+            .into_float_value())
     })?;
     let sum = fold(cx, start, cols, false, |_, at, acc| {
         let d = b.build_float_sub(cx.load_f32(x, at)?, max, "d").map_err(llvm_err)?;
