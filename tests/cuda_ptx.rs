@@ -180,11 +180,13 @@ fn every_architecture_compiles_for_cuda() {
             for sm in [80, 90] {
                 let art = t.join(&format!("{arch}.{w}.{sm}{}.kiln", extra.join("")));
                 let target = format!("cuda:sm_{sm}");
-                let args = [&["compile", s(&m), "-o", s(&art), "--weights", w, "--target", &target][..], extra].concat();
+                let args =
+                    [&["compile", s(&m), "-o", s(&art), "--weights", w, "--target", &target][..], extra].concat();
                 let (_, err) = ok(kiln(&args));
                 assert!(err.contains("compiled"), "{err}");
                 assert!(!art.join("kernels.so").exists(), "a CUDA artifact has no kernels.so");
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(art.join("manifest.json")).unwrap()).unwrap();
+                let v: Value =
+                    serde_json::from_str(&std::fs::read_to_string(art.join("manifest.json")).unwrap()).unwrap();
                 assert_eq!(v["target"]["triple"], "nvptx64-nvidia-cuda");
                 assert_eq!(v["target"]["cpu"], format!("sm_{sm}"));
                 assert!(v["files"].as_array().unwrap().iter().any(|f| f["path"] == "kernels.ptx"));
@@ -215,7 +217,10 @@ fn cuda_artifacts_fail_cleanly_without_a_gpu() {
     // The CPU runtime refuses it by name.
     let err = kiln_runtime::cpu::CpuModel::load(&art, 1).err().expect("refused").to_string();
     assert!(err.contains("CUDA") && err.contains("sm_80"), "{err}");
-    fails_with(kiln(&["compile", s(&m), "-o", s(&t.join("b")), "--target", "cuda:sm_75"]), &["--target", "sm_80", "sm_90"]);
+    fails_with(
+        kiln(&["compile", s(&m), "-o", s(&t.join("b")), "--target", "cuda:sm_75"]),
+        &["--target", "sm_80", "sm_90"],
+    );
 }
 
 #[test]
@@ -232,7 +237,12 @@ fn logits_of_a_cpu_artifact_match_the_interpreter() {
     let (a, b) = (run(&[s(&art)]), run(&[s(&m), "--interp"]));
     assert_eq!(a["tokens"], b["tokens"], "greedy choices differ");
     let rows = |v: &Value| -> Vec<Vec<f64>> {
-        v["rows"].as_array().unwrap().iter().map(|r| r["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+            .collect()
     };
     let (ra, rb) = (rows(&a), rows(&b));
     assert_eq!(ra.len(), 4);

@@ -2,10 +2,10 @@
 //! memory-bandwidth roofline of decoding (bytes of weights and KV cache read per token ÷ the
 //! measured read bandwidth).
 
+use crate::executor::{Executor, GpuArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_runtime::artifact::manifest::{BufArg, Storage};
-use crate::executor::{Executor, GpuArgs};
 use kiln_runtime::artifact::Manifest;
 use kiln_runtime::measure::peak_rss;
 use kiln_runtime::offload::Trace;

@@ -1,11 +1,14 @@
 //! `attention` and `kv_append` on the GPU.
 //!
-//! - `attention`: a warp per (token, query head). Lane `l` owns the head's dims `l, l + 32, ...`:
-//!   it rotates its part of q (RoPE in f64, as the CPU and the interpreter do), and for each cache
-//!   entry multiplies it with its part of the key; a shuffle reduction gives every lane the score,
-//!   so all lanes keep the same online-softmax state (running max, running sum) and each updates
-//!   its own dims of the accumulator. Loads of a key or value row are coalesced across the warp.
-//!   Masks, soft-cap, GQA head mapping and the exp-once update are the CPU kernel's
+//! - `attention`: a block of 8 warps per (token, query head), splitting the cache between them
+//!   (split-K, as flash-decoding does, but inside one block so no second kernel is needed). The
+//!   query is rotated (RoPE in f64, as on the CPU and in the interpreter), scaled and put in shared
+//!   memory. Each warp then takes 32 keys at a time, one per lane — each lane reads a whole key
+//!   row, so a warp has many independent loads in flight instead of one dependent chain per key —
+//!   and keeps an online softmax over its keys (tile max and sum by shuffles); the value rows are
+//!   accumulated with the head's dims spread over the lanes, each key's weight broadcast by a
+//!   shuffle. Finally the 8 partial states (max, sum, accumulator) are merged through shared
+//!   memory. Masks (causal, window), soft-cap and the GQA head mapping are the CPU kernel's
 //!   (`kernels/attention/attend.rs`).
 //! - `kv_append`: a block per token, a thread per cached element: value copied, key rotated
 //!   (its pair partner read from the source row), position written by thread 0.
@@ -128,6 +131,9 @@ impl<'a, 'ctx> Rope<'a, 'ctx> {
     }
 }
 
+/// Warps of an attention block: they split the keys, then combine through shared memory.
+const WARPS: usize = 8;
+
 pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {
     let KernelSpec::Attention { heads, kv_heads, head_dim, scale, causal, window, softcap, ref rope } = *spec else {
         return Err(llvm_err(format!("{name}: not an attention kernel")));
@@ -140,12 +146,16 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
         check_rope(name, r, head_dim)?;
     }
     let rope = rope.as_ref().map(|r| Rope::new(cx, name, r));
-    let e = entry::begin(cx, name, arity.dims, arity.bufs, 32)?;
+    let block = (32 * WARPS) as u32;
+    let arrays = [("q", head_dim), ("m", WARPS), ("l", WARPS), ("acc", WARPS * head_dim)]
+        .map(|(what, n)| shared_array(cx, &format!("{name}__{what}"), n));
+    let e = entry::begin(cx, name, arity.dims, arity.bufs, block)?;
+    let [q, m, l, acc] = arrays.map(|g| generic(cx, g));
+    let smem = Shared { q: q?, m: m?, l: l?, acc: acc? };
     let task = entry::block(cx)?;
-    entry::guard_and_finish(cx, &e, task, || {
-        attend(cx, &e, task, Shape { heads, kv_heads, head_dim, scale, causal, window, softcap }, rope.as_ref())
-    })?;
-    Ok(Launch { block: 32, tasks_per_block: 1, shared_bytes: 0 })
+    let shape = Shape { heads, kv_heads, head_dim, scale, causal, window, softcap };
+    entry::guard_and_finish(cx, &e, task, || attend(cx, &e, task, shape, rope.as_ref(), &smem))?;
+    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0 })
 }
 
 #[derive(Clone, Copy)]
@@ -159,95 +169,180 @@ struct Shape {
     softcap: Option<f32>,
 }
 
+/// The block's shared memory: the rotated, scaled query, and each warp's partial softmax state.
+struct Shared<'ctx> {
+    q: PointerValue<'ctx>,
+    m: PointerValue<'ctx>,
+    l: PointerValue<'ctx>,
+    acc: PointerValue<'ctx>,
+}
+
+/// A static shared-memory array of `n` f32 (an ordinary global in the simulator).
+fn shared_array<'ctx>(cx: &KernelCx<'ctx>, name: &str, n: usize) -> inkwell::values::GlobalValue<'ctx> {
+    let ty = cx.f32().array_type(n.max(1) as u32);
+    let space = if cx.sim { None } else { Some(inkwell::AddressSpace::from(3u16)) };
+    let g = cx.module.add_global(ty, space, name);
+    g.set_initializer(&ty.get_undef());
+    g.set_linkage(Linkage::Internal);
+    g.set_alignment(16);
+    g
+}
+
+/// A shared array as a generic pointer, cast at the builder's position (NVPTX's address-space
+/// inference turns the accesses back into `ld.shared`/`st.shared`).
+fn generic<'ctx>(cx: &KernelCx<'ctx>, g: inkwell::values::GlobalValue<'ctx>) -> Result<PointerValue<'ctx>> {
+    if cx.sim {
+        return Ok(g.as_pointer_value());
+    }
+    cx.builder.build_address_space_cast(g.as_pointer_value(), cx.ptr(), "smem").map_err(llvm_err)
+}
+
+/// One block: query head `h` of token `t` (task `t · heads + h`). Warp `w` scores keys
+/// `32·w + 256·i + lane` (a key per lane: a whole row of K per lane, many loads in flight), keeps
+/// an online softmax over its keys, and accumulates V with the head's dims over its lanes; the
+/// warps' states are then merged.
 fn attend<'ctx>(
     cx: &KernelCx<'ctx>,
     e: &Entry<'ctx>,
     task: IntValue<'ctx>,
     a: Shape,
     rope: Option<&Rope<'_, 'ctx>>,
+    smem: &Shared<'ctx>,
 ) -> Result<()> {
     let b = &cx.builder;
     let (q, positions, cache_k, cache_v, cache_pos, out) =
         (e.bufs[0], e.bufs[1], e.bufs[2], e.bufs[3], e.bufs[4], e.bufs[5]);
     let len = e.dims[1];
+    let hd = a.head_dim as i64;
+    let threads = (32 * WARPS) as i64;
     let heads = cx.c64(a.heads as i64);
     let t = b.build_int_unsigned_div(task, heads, "t").map_err(llvm_err)?;
     let h = b.build_int_unsigned_rem(task, heads, "h").map_err(llvm_err)?;
     let g = b.build_int_unsigned_div(h, cx.c64((a.heads / a.kv_heads) as i64), "g").map_err(llvm_err)?;
     let pos = b.build_int_s_extend(cx.load_i32(positions, t)?, cx.i64(), "pos").map_err(llvm_err)?;
-    let row = b.build_int_mul(task, cx.c64(a.head_dim as i64), "row").map_err(llvm_err)?;
+    let row = b.build_int_mul(task, cx.c64(hd), "row").map_err(llvm_err)?;
     let q_row = cx.gep(cx.f32().into(), q, row)?;
+    let tid = entry::thread(cx)?;
+    let warp = b.build_int_unsigned_div(tid, cx.c64(32), "warp").map_err(llvm_err)?;
     let lane = entry::lane(cx)?;
-    // This lane's dims: lane + 32·i, i < per_lane; dims past head_dim are inactive (value 0).
+    // 1. The query, rotated and scaled, into shared memory.
+    cx.for_range(tid, cx.c64(hd), threads, |d| {
+        let x = match rope {
+            Some(r) => r.element(cx, q_row, d, pos)?,
+            None => cx.load_f32(q_row, d)?,
+        };
+        cx.store_f32(smem.q, d, b.build_float_mul(x, cx.cf(a.scale), "qs").map_err(llvm_err)?)
+    })?;
+    entry::barrier(cx)?;
+    // This lane's output dims: lane + 32·i.
     let per_lane = a.head_dim.div_ceil(32);
     let mut dims = Vec::with_capacity(per_lane);
     let mut live = Vec::with_capacity(per_lane);
-    let mut qv = Vec::with_capacity(per_lane);
     for i in 0..per_lane {
         let d = b.build_int_add(lane, cx.c64(32 * i as i64), "d").map_err(llvm_err)?;
-        let ok = cx.icmp(IntPredicate::SLT, d, cx.c64(a.head_dim as i64))?;
-        // Inactive lanes read element 0 (always there) and multiply by 0.
-        let dd = b.build_select(ok, d, cx.c64(0), "dd").map_err(llvm_err)?.into_int_value();
-        let x = match rope {
-            Some(r) => r.element(cx, q_row, dd, pos)?,
-            None => cx.load_f32(q_row, dd)?,
-        };
-        let x = b.build_float_mul(x, cx.cf(a.scale), "qs").map_err(llvm_err)?;
-        qv.push(b.build_select(ok, x, cx.cf(0.0), "qv").map_err(llvm_err)?.into_float_value());
-        dims.push(dd);
+        let ok = cx.icmp(IntPredicate::SLT, d, cx.c64(hd))?;
+        dims.push(b.build_select(ok, d, cx.c64(0), "dd").map_err(llvm_err)?.into_int_value());
         live.push(ok);
     }
-    let mut init: Vec<BasicValueEnum> = vec![cx.cf(f32::NEG_INFINITY).into(), cx.cf(0.0).into()];
-    init.extend((0..per_lane).map(|_| BasicValueEnum::from(cx.cf(0.0))));
-    let state = cx.for_range_acc(cx.c64(0), len, 1, &init, |j, cur| {
-        let kv_row = b
+    let last = b.build_int_sub(len, cx.c64(1), "last").map_err(llvm_err)?;
+    let clamp = |j: IntValue<'ctx>| -> Result<IntValue<'ctx>> {
+        let lt = cx.icmp(IntPredicate::SLT, j, last)?;
+        Ok(b.build_select(lt, j, last, "jc").map_err(llvm_err)?.into_int_value())
+    };
+    let kv_row = |j: IntValue<'ctx>| -> Result<IntValue<'ctx>> {
+        let r = b
             .build_int_add(b.build_int_mul(j, cx.c64(a.kv_heads as i64), "jk").map_err(llvm_err)?, g, "jg")
             .map_err(llvm_err)?;
-        let kv_row = b.build_int_mul(kv_row, cx.c64(a.head_dim as i64), "kvrow").map_err(llvm_err)?;
-        let key = cx.gep(cx.f32().into(), cache_k, kv_row)?;
-        let value = cx.gep(cx.f32().into(), cache_v, kv_row)?;
-        let update = || -> Result<Vec<BasicValueEnum<'ctx>>> {
-            let mut partial = cx.cf(0.0);
-            for (i, &d) in dims.iter().enumerate() {
-                partial = cx.fma(qv[i], cx.load_f32(key, d)?, partial)?.into_float_value();
-            }
-            let mut s = entry::warp_reduce(cx, partial, false)?;
-            if let Some(c) = a.softcap {
-                let x = b.build_float_div(s, cx.cf(c), "sc").map_err(llvm_err)?;
-                s = b.build_float_mul(cx.libm("tanhf", &[x])?, cx.cf(c), "capped").map_err(llvm_err)?;
-            }
-            let (m, l) = (cur[0].into_float_value(), cur[1].into_float_value());
-            let grows = cx.fcmp(FloatPredicate::OGT, s, m)?;
-            let sel = |c: IntValue<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>| -> Result<FloatValue<'ctx>> {
-                Ok(b.build_select(c, x, y, "sel").map_err(llvm_err)?.into_float_value())
-            };
-            let new_m = sel(grows, s, m)?;
-            let low = sel(grows, m, s)?;
-            let ex = cx.libm("expf", &[b.build_float_sub(low, new_m, "d").map_err(llvm_err)?])?;
-            let rescale = sel(grows, ex, cx.cf(1.0))?;
-            let weight = sel(grows, cx.cf(1.0), ex)?;
-            let mut next = vec![new_m.into(), cx.fma(l, rescale, weight)?];
-            for (i, &d) in dims.iter().enumerate() {
-                let kept = b.build_float_mul(cur[2 + i].into_float_value(), rescale, "kept").map_err(llvm_err)?;
-                next.push(cx.fma(cx.load_f32(value, d)?, weight, kept)?);
-            }
-            Ok(next)
-        };
-        match visible(cx, a, cache_pos, pos, j)? {
-            Some(cond) => if_values(cx, cond, cur, update),
-            None => update(),
+        b.build_int_mul(r, cx.c64(hd), "kvrow").map_err(llvm_err)
+    };
+    let neg_inf = cx.cf(f32::NEG_INFINITY);
+    let sel = |c: IntValue<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>| -> Result<FloatValue<'ctx>> {
+        Ok(b.build_select(c, x, y, "sel").map_err(llvm_err)?.into_float_value())
+    };
+    let mut init: Vec<BasicValueEnum> = vec![neg_inf.into(), cx.cf(0.0).into()];
+    init.extend((0..per_lane).map(|_| BasicValueEnum::from(cx.cf(0.0))));
+    let first = b.build_int_mul(warp, cx.c64(32), "first").map_err(llvm_err)?;
+    // 2. This warp's keys, 32 at a time.
+    let state = cx.for_range_acc(first, len, threads, &init, |base, cur| {
+        let j = b.build_int_add(base, lane, "j").map_err(llvm_err)?;
+        let in_cache = cx.icmp(IntPredicate::SLT, j, len)?;
+        let jc = clamp(j)?;
+        let key = cx.gep(cx.f32().into(), cache_k, kv_row(jc)?)?;
+        let mut s = cx.cf(0.0);
+        for d in 0..a.head_dim {
+            let dc = cx.c64(d as i64);
+            s = cx.fma(cx.load_f32(smem.q, dc)?, cx.load_f32(key, dc)?, s)?.into_float_value();
         }
+        if let Some(c) = a.softcap {
+            let x = b.build_float_div(s, cx.cf(c), "sc").map_err(llvm_err)?;
+            s = b.build_float_mul(cx.libm("tanhf", &[x])?, cx.cf(c), "capped").map_err(llvm_err)?;
+        }
+        let mut valid = in_cache;
+        if let Some(vis) = visible(cx, a, cache_pos, pos, jc)? {
+            valid = b.build_and(valid, vis, "valid").map_err(llvm_err)?;
+        }
+        let s = sel(valid, s, neg_inf)?;
+        let (m, l) = (cur[0].into_float_value(), cur[1].into_float_value());
+        let tile_max = entry::warp_reduce(cx, s, true)?;
+        let m_new = cx.intrinsic("llvm.maxnum", &[cx.f32().into()], &[m.into(), tile_max.into()])?.into_float_value();
+        let m_dead = cx.fcmp(FloatPredicate::OEQ, m, neg_inf)?;
+        let rescale =
+            sel(m_dead, cx.cf(0.0), cx.libm("expf", &[b.build_float_sub(m, m_new, "dm").map_err(llvm_err)?])?)?;
+        let p = sel(valid, cx.libm("expf", &[b.build_float_sub(s, m_new, "ds").map_err(llvm_err)?])?, cx.cf(0.0))?;
+        let l_new = cx.fma(l, rescale, entry::warp_reduce(cx, p, false)?)?;
+        let mut acc: Vec<FloatValue> = (0..per_lane)
+            .map(|i| b.build_float_mul(cur[2 + i].into_float_value(), rescale, "kept").map_err(llvm_err))
+            .collect::<Result<_>>()?;
+        // V: the tile's 32 weights, one per lane, broadcast in turn.
+        let tile = b.build_int_sub(len, base, "rest").map_err(llvm_err)?;
+        let lt = cx.icmp(IntPredicate::SLT, tile, cx.c64(32))?;
+        let tile = b.build_select(lt, tile, cx.c64(32), "tile").map_err(llvm_err)?.into_int_value();
+        let init: Vec<BasicValueEnum> = acc.iter().map(|&v| v.into()).collect();
+        let summed = cx.for_range_acc(cx.c64(0), tile, 1, &init, |jj, accs| {
+            let jj32 = b.build_int_truncate(jj, cx.i32(), "jj").map_err(llvm_err)?;
+            let pj = entry::shuffle_idx(cx, p, jj32)?;
+            let value =
+                cx.gep(cx.f32().into(), cache_v, kv_row(b.build_int_add(base, jj, "vj").map_err(llvm_err)?)?)?;
+            dims.iter().zip(accs).map(|(&d, acc)| cx.fma(pj, cx.load_f32(value, d)?, acc.into_float_value())).collect()
+        })?;
+        acc = summed.iter().map(|v| v.into_float_value()).collect();
+        let mut next: Vec<BasicValueEnum> = vec![m_new.into(), l_new];
+        next.extend(acc.iter().map(|&v| BasicValueEnum::from(v)));
+        Ok(next)
     })?;
-    let l = state[1].into_float_value();
-    let any = cx.fcmp(FloatPredicate::OGT, l, cx.cf(0.0))?;
-    let recip = b.build_float_div(cx.cf(1.0), l, "rl").map_err(llvm_err)?;
-    let recip = b.build_select(any, recip, cx.cf(0.0), "inv").map_err(llvm_err)?.into_float_value();
-    let out_row = cx.gep(cx.f32().into(), out, row)?;
+    // 3. Every warp's state into shared memory, then the merge.
+    let first_lane = cx.icmp(IntPredicate::EQ, lane, cx.c64(0))?;
+    cx.if_then(first_lane, || {
+        cx.store_f32(smem.m, warp, state[0].into_float_value())?;
+        cx.store_f32(smem.l, warp, state[1].into_float_value())
+    })?;
+    let acc_base = b.build_int_mul(warp, cx.c64(hd), "ab").map_err(llvm_err)?;
     for (i, &d) in dims.iter().enumerate() {
-        let o = b.build_float_mul(state[2 + i].into_float_value(), recip, "o").map_err(llvm_err)?;
-        cx.if_then(live[i], || cx.store_f32(out_row, d, o))?;
+        let at = b.build_int_add(acc_base, d, "aat").map_err(llvm_err)?;
+        cx.if_then(live[i], || cx.store_f32(smem.acc, at, state[2 + i].into_float_value()))?;
     }
-    Ok(())
+    entry::barrier(cx)?;
+    let out_row = cx.gep(cx.f32().into(), out, row)?;
+    cx.for_range(tid, cx.c64(hd), threads, |d| {
+        let mut big = neg_inf;
+        for w in 0..WARPS {
+            let mw = cx.load_f32(smem.m, cx.c64(w as i64))?;
+            big = cx.intrinsic("llvm.maxnum", &[cx.f32().into()], &[big.into(), mw.into()])?.into_float_value();
+        }
+        let (mut l, mut o) = (cx.cf(0.0), cx.cf(0.0));
+        for w in 0..WARPS {
+            let mw = cx.load_f32(smem.m, cx.c64(w as i64))?;
+            let dead = cx.fcmp(FloatPredicate::OEQ, mw, neg_inf)?;
+            let f = sel(dead, cx.cf(0.0), cx.libm("expf", &[b.build_float_sub(mw, big, "dw").map_err(llvm_err)?])?)?;
+            l = cx.fma(cx.load_f32(smem.l, cx.c64(w as i64))?, f, l)?.into_float_value();
+            let at = b.build_int_add(cx.c64(w as i64 * hd), d, "wat").map_err(llvm_err)?;
+            o = cx.fma(cx.load_f32(smem.acc, at)?, f, o)?.into_float_value();
+        }
+        // No visible key: zeros, like the CPU kernel and the interpreter.
+        let any = cx.fcmp(FloatPredicate::OGT, l, cx.cf(0.0))?;
+        let y = sel(any, b.build_float_div(o, l, "y").map_err(llvm_err)?, cx.cf(0.0))?;
+        cx.store_f32(out_row, d, y)
+    })
 }
 
 /// Whether cache entry `j` is visible to a query at `pos_q` (None: every key is).
@@ -276,33 +371,6 @@ fn visible<'ctx>(
         });
     }
     Ok(cond)
-}
-
-/// `if cond { then() } else { current }` for loop-carried values (the condition is the same for
-/// every lane of the warp, so the shuffles inside `then` see the whole warp).
-fn if_values<'ctx>(
-    cx: &KernelCx<'ctx>,
-    cond: IntValue<'ctx>,
-    current: &[BasicValueEnum<'ctx>],
-    then: impl FnOnce() -> Result<Vec<BasicValueEnum<'ctx>>>,
-) -> Result<Vec<BasicValueEnum<'ctx>>> {
-    let b = &cx.builder;
-    let from = b.get_insert_block().ok_or_else(|| llvm_err("no block"))?;
-    let f = from.get_parent().ok_or_else(|| llvm_err("no function"))?;
-    let (then_bb, done) = (cx.context.append_basic_block(f, "vis"), cx.context.append_basic_block(f, "vismerge"));
-    b.build_conditional_branch(cond, then_bb, done).map_err(llvm_err)?;
-    b.position_at_end(then_bb);
-    let new = then()?;
-    let then_end = b.get_insert_block().ok_or_else(|| llvm_err("no block"))?;
-    b.build_unconditional_branch(done).map_err(llvm_err)?;
-    b.position_at_end(done);
-    let mut merged = Vec::with_capacity(current.len());
-    for (old, new) in current.iter().zip(&new) {
-        let phi = b.build_phi(old.get_type(), "v").map_err(llvm_err)?;
-        phi.add_incoming(&[(old, from), (new, then_end)]);
-        merged.push(phi.as_basic_value());
-    }
-    Ok(merged)
 }
 
 pub fn emit_kv_append(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {

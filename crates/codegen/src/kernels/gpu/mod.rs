@@ -5,8 +5,9 @@
 //! - the hot families have GPU emitters of their own: `matmul` ([`gemv`]: a warp per output
 //!   column, 128-bit weight loads, warp-shuffle reductions), `elementwise` (a block per row, threads
 //!   over the columns) and the row reductions `rms_norm`, `layer_norm`, `softmax`, `reduce`
-//!   ([`rows`]: a warp per row), `attention` ([`attention`]: a warp per query head, the head's dims
-//!   over the lanes) and `kv_append` (a block per token, a thread per cached element);
+//!   ([`rows`]: a warp per row), `attention` ([`attention`]: a block of 8 warps per query head
+//!   splitting the cache, a key per lane, merged through shared memory) and `kv_append` (a block
+//!   per token, a thread per cached element);
 //! - every other family reuses its CPU emitter's body, inlined into an entry that runs one task per
 //!   thread. These are the small routing and data-movement kernels (`top_k`, `nonzero`, `copy`,
 //!   ...), so the CPU and the GPU compute them with the same code.
