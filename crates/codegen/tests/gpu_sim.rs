@@ -86,7 +86,17 @@ fn matmul_and_embedding() {
     let mut cases = Vec::new();
     let formats = [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];
     for format in formats {
-        for (m, n, k, bias) in [(1, 40, 320, true), (6, 17, 64, false), (3, 33, 96, true)] {
+        for (m, n, k, bias) in [
+            (1, 40, 320, true),
+            (6, 17, 64, false),
+            (3, 33, 96, true),
+            (1, 18, 2048, false),
+            (5, 3, 1312, true),
+            (16, 24, 64, true),
+            (150, 20, 96, false),
+            (37, 8, 32, true),
+            (129, 16, 32, false),
+        ] {
             let w = r.vec(n * k, -1.0, 1.0);
             cases.push(Case {
                 what: format!("matmul {} m{m} n{n} k{k}", format.name()),

@@ -128,6 +128,8 @@ pub enum Hook {
     ShuffleIdx = 3,
     /// `void ()`: bar.sync 0.
     Barrier = 4,
+    /// `void (i32 a0..a3, i32 b0, b1, float* c)`: mma.sync m16n8k16 bf16, `c` in and out.
+    Mma = 5,
 }
 
 /// The global the simulator points at its hook table.
@@ -156,6 +158,10 @@ fn sim_call<'ctx>(
         Hook::Thread | Hook::Block => i32t.fn_type(&[], false),
         Hook::ShuffleXor | Hook::ShuffleIdx => f32t.fn_type(&[f32t.into(), i32t.into()], false),
         Hook::Barrier => cx.context.void_type().fn_type(&[], false),
+        Hook::Mma => cx.context.void_type().fn_type(
+            &[i32t.into(), i32t.into(), i32t.into(), i32t.into(), i32t.into(), i32t.into(), cx.ptr().into()],
+            false,
+        ),
     };
     let call = b.build_indirect_call(ty, f, args, "h").map_err(llvm_err)?;
     Ok(match call.try_as_basic_value() {
@@ -212,6 +218,34 @@ pub fn shuffle_idx<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, src: IntValue
     let args: [BasicMetadataValueEnum; 4] =
         [cx.i32().const_int(0xffff_ffff, false).into(), v.into(), src.into(), cx.i32().const_int(0x1f, false).into()];
     Ok(cx.intrinsic("llvm.nvvm.shfl.sync.idx.f32", &[], &args)?.into_float_value())
+}
+
+/// The simulator's `mma.sync.m16n8k16` (bf16 → f32): `c` goes in and out through a stack slot
+/// made in the function's entry block (one per function, reused by every call).
+pub fn sim_mma<'ctx>(
+    cx: &KernelCx<'ctx>,
+    a: &[IntValue<'ctx>],
+    b0: IntValue<'ctx>,
+    b1: IntValue<'ctx>,
+    c: &[FloatValue<'ctx>],
+) -> Result<Vec<FloatValue<'ctx>>> {
+    let b = &cx.builder;
+    let here = b.get_insert_block().ok_or_else(|| llvm_err("no block"))?;
+    let f = here.get_parent().ok_or_else(|| llvm_err("no function"))?;
+    let entry = f.get_first_basic_block().ok_or_else(|| llvm_err("no entry block"))?;
+    match entry.get_first_instruction() {
+        Some(i) => b.position_before(&i),
+        None => b.position_at_end(entry),
+    }
+    let slot = b.build_alloca(cx.f32().array_type(4), "mma_c").map_err(llvm_err)?;
+    b.position_at_end(here);
+    for (i, &v) in c.iter().enumerate() {
+        cx.store_f32(slot, cx.c64(i as i64), v)?;
+    }
+    let mut args: Vec<BasicMetadataValueEnum> = a.iter().map(|&v| v.into()).collect();
+    args.extend::<[BasicMetadataValueEnum; 3]>([b0.into(), b1.into(), slot.into()]);
+    sim_call(cx, Hook::Mma, &args)?;
+    (0..4).map(|i| cx.load_f32(slot, cx.c64(i))).collect()
 }
 
 /// `bar.sync 0`: waits for every thread of the block.

@@ -24,6 +24,8 @@ use inkwell::IntPredicate;
 const ROWS: usize = 4;
 /// Elements per lane per step.
 const GROUP: usize = 8;
+/// Groups each lane loads before multiplying (the main loop's unroll).
+const UNROLL: usize = 4;
 
 struct Shape {
     format: WeightFormat,
@@ -47,9 +49,26 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
     let col = b
         .build_int_add(b.build_int_mul(task, cx.c64(cols_per_task as i64), "c0").map_err(llvm_err)?, warp, "col")
         .map_err(llvm_err)?;
+    let m = *e.dims.first().ok_or_else(|| llvm_err(format!("{name}: no row count")))?;
+    // Prefill of bf16 weights: tensor cores (the whole block), else the per-warp GEMV below.
+    let gemv_bb = if super::mma::applies(format, k, cols_per_task) {
+        let f = b.get_insert_block().and_then(|bb| bb.get_parent()).ok_or_else(|| llvm_err("no function"))?;
+        let (tensor, gemv, end) = (
+            cx.context.append_basic_block(f, "tensor"),
+            cx.context.append_basic_block(f, "gemv"),
+            cx.context.append_basic_block(f, "end"),
+        );
+        b.build_conditional_branch(cx.icmp(IntPredicate::SGE, m, cx.c64(16))?, tensor, gemv).map_err(llvm_err)?;
+        b.position_at_end(tensor);
+        super::mma::rows(cx, &e, task, m, n, k, bias, cols_per_task)?;
+        b.build_unconditional_branch(end).map_err(llvm_err)?;
+        b.position_at_end(gemv);
+        Some(end)
+    } else {
+        None
+    };
     let live = cx.icmp(IntPredicate::SLT, col, cx.c64(n as i64))?;
     cx.if_then(live, || {
-        let m = *e.dims.first().ok_or_else(|| llvm_err(format!("{name}: no row count")))?;
         let one = cx.icmp(IntPredicate::EQ, m, cx.c64(1))?;
         // Decoding: one row, no clamping. Prefill: groups of ROWS rows.
         let f = b.get_insert_block().and_then(|bb| bb.get_parent()).ok_or_else(|| llvm_err("no function"))?;
@@ -68,6 +87,10 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
         b.position_at_end(done);
         Ok(())
     })?;
+    if let Some(end) = gemv_bb {
+        b.build_unconditional_branch(end).map_err(llvm_err)?;
+        b.position_at_end(end);
+    }
     cx.finish()?;
     Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0 })
 }
@@ -102,17 +125,48 @@ fn rows_pass<'ctx>(
     let v8 = cx.vf32(GROUP as u32);
     let zero: BasicValueEnum = v8.const_zero().into();
     let groups = (s.k / GROUP) as i64;
-    let accs = cx.for_range_acc(lane, cx.c64(groups), 32, &vec![zero; rows], |g, accs| {
-        let wv = dequant_group(cx, s, wrow, g)?;
-        let k0 = b.build_int_mul(g, cx.c64(GROUP as i64), "k0").map_err(llvm_err)?;
-        let mut next = Vec::with_capacity(rows);
-        for (r, acc) in accs.iter().enumerate() {
-            let at = b.build_int_add(row_base[r], k0, "at").map_err(llvm_err)?;
-            let av = cx.load_vf32(a, at, GROUP as u32)?;
-            next.push(cx.fma(wv, av, acc.into_vector_value())?);
+    // Groups g, g+32, ... of `gs` at once: every load first, then the multiplies, so each lane has
+    // UNROLL 16-byte weight loads in flight (streaming needs many bytes in flight per SM).
+    let step = |gs: &[IntValue<'ctx>], accs: &[BasicValueEnum<'ctx>]| -> Result<Vec<BasicValueEnum<'ctx>>> {
+        let mut loaded = Vec::with_capacity(gs.len());
+        for &g in gs {
+            let wv = dequant_group(cx, s, wrow, g)?;
+            let k0 = b.build_int_mul(g, cx.c64(GROUP as i64), "k0").map_err(llvm_err)?;
+            let avs = row_base
+                .iter()
+                .map(|&rb| cx.load_vf32(a, b.build_int_add(rb, k0, "at").map_err(llvm_err)?, GROUP as u32))
+                .collect::<Result<Vec<_>>>()?;
+            loaded.push((wv, avs));
+        }
+        let mut next: Vec<BasicValueEnum> = accs.to_vec();
+        for (wv, avs) in &loaded {
+            for (r, av) in avs.iter().enumerate() {
+                next[r] = cx.fma(*wv, *av, next[r].into_vector_value())?;
+            }
         }
         Ok(next)
-    })?;
+    };
+    let wide = 32 * UNROLL as i64;
+    let main_end = groups - 32 * (UNROLL as i64 - 1);
+    let mut accs = vec![zero; rows];
+    if main_end > 0 {
+        accs = cx.for_range_acc(lane, cx.c64(main_end), wide, &accs, |g, cur| {
+            let gs = (0..UNROLL as i64)
+                .map(|u| b.build_int_add(g, cx.c64(32 * u), "gu").map_err(llvm_err))
+                .collect::<Result<Vec<_>>>()?;
+            step(&gs, cur)
+        })?;
+    }
+    // Where the unrolled loop stopped: lane + wide · ceil((main_end − lane) / wide), at least lane.
+    let rest = if main_end > 0 {
+        let span = b.build_int_sub(cx.c64(main_end + wide - 1), lane, "span").map_err(llvm_err)?;
+        let trips = b.build_int_signed_div(span, cx.c64(wide), "trips").map_err(llvm_err)?;
+        b.build_int_add(lane, b.build_int_mul(trips, cx.c64(wide), "done").map_err(llvm_err)?, "rest")
+            .map_err(llvm_err)?
+    } else {
+        lane
+    };
+    let accs = cx.for_range_acc(rest, cx.c64(groups), 32, &accs, |g, cur| step(&[g], cur))?;
     let mut sums = accs.iter().map(|v| cx.hsum(v.into_vector_value())).collect::<Result<Vec<FloatValue>>>()?;
     let tail_start = groups * GROUP as i64;
     if tail_start < s.k as i64 {

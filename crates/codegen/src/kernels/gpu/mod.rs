@@ -3,7 +3,8 @@
 //! Every [`KernelSpec`] gets a PTX `.entry` with the ABI of [`entry`] and a launch geometry
 //! ([`Launch`]), recorded in the manifest:
 //! - the hot families have GPU emitters of their own: `matmul` ([`gemv`]: a warp per output
-//!   column, 128-bit weight loads, warp-shuffle reductions), `elementwise` (a block per row, threads
+//!   column, 128-bit weight loads, warp-shuffle reductions; with bf16 weights and 16 rows or more,
+//!   tensor cores, [`mma`]), `elementwise` (a block per row, threads
 //!   over the columns) and the row reductions `rms_norm`, `layer_norm`, `softmax`, `reduce`
 //!   ([`rows`]: a warp per row), `attention` ([`attention`]: a block of 8 warps per query head
 //!   splitting the cache, a key per lane, merged through shared memory) and `kv_append` (a block
@@ -18,6 +19,7 @@ pub mod attention;
 pub mod entry;
 pub mod gemv;
 pub mod math;
+pub mod mma;
 pub mod rows;
 pub mod sim;
 

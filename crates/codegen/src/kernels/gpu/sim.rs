@@ -62,6 +62,8 @@ impl SimBarrier {
 
 struct Warp {
     slots: [AtomicU32; 32],
+    /// Each lane's mma fragments: a0..a3, b0, b1, c0..c3 (f32 bits).
+    mma: [[AtomicU32; 10]; 32],
     barrier: SimBarrier,
 }
 
@@ -115,6 +117,50 @@ extern "C" fn hook_shuffle_idx(v: f32, src: i32) -> f32 {
     exchange(v, |_| src as usize)
 }
 
+/// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32` over the warp's fragments (layouts in
+/// `gpu/mma.rs`): every lane publishes its fragments, then computes its own four results.
+extern "C" fn hook_mma(a0: i32, a1: i32, a2: i32, a3: i32, b0: i32, b1: i32, c: *mut f32) {
+    with_ctx(|ctx| {
+        let lane = ctx.tid as usize % 32;
+        let warp = &ctx.sync.warps[ctx.tid as usize / 32];
+        // SAFETY: the kernel passes its 4-float stack slot.
+        let cin = unsafe { std::slice::from_raw_parts_mut(c, 4) };
+        let words = [a0 as u32, a1 as u32, a2 as u32, a3 as u32, b0 as u32, b1 as u32]
+            .into_iter()
+            .chain(cin.iter().map(|x| x.to_bits()));
+        for (slot, w) in warp.mma[lane].iter().zip(words) {
+            slot.store(w, Ordering::SeqCst);
+        }
+        warp.barrier.wait("mma");
+        let word = |l: usize, i: usize| warp.mma[l][i].load(Ordering::SeqCst);
+        let bf16 = |w: u32, high: bool| f32::from_bits(if high { w & 0xffff_0000 } else { w << 16 });
+        // A[row][k] and B[k][col] from the lanes holding them.
+        let a = |row: usize, k: usize| {
+            let (g, hi_row) = (row % 8, row >= 8);
+            let (pair, hi_k) = ((k % 8) / 2, k >= 8);
+            let reg = (hi_row as usize) + 2 * (hi_k as usize);
+            bf16(word(4 * g + pair, reg), k % 2 == 1)
+        };
+        let b = |k: usize, col: usize| {
+            let (pair, reg) = ((k % 8) / 2, (k >= 8) as usize);
+            bf16(word(4 * col + pair, 4 + reg), k % 2 == 1)
+        };
+        let (g, pair) = (lane / 4, lane % 4);
+        let mut d = [0f32; 4];
+        for (i, out) in d.iter_mut().enumerate() {
+            let row = g + 8 * (i / 2);
+            let col = 2 * pair + i % 2;
+            let mut acc = cin[i];
+            for k in 0..16 {
+                acc += a(row, k) * b(k, col);
+            }
+            *out = acc;
+        }
+        warp.barrier.wait("mma");
+        cin.copy_from_slice(&d);
+    })
+}
+
 extern "C" fn hook_barrier() {
     with_ctx(|c| c.sync.barrier.wait("block barrier"))
 }
@@ -124,7 +170,7 @@ pub struct SimLib {
     lib: libloading::Library,
     dir: PathBuf,
     launches: HashMap<String, Launch>,
-    _hooks: Box<[usize; 5]>,
+    _hooks: Box<[usize; 6]>,
 }
 
 impl Drop for SimLib {
@@ -162,6 +208,7 @@ pub fn build(kernels: &[(&str, KernelSpec, Arity)]) -> Result<SimLib> {
         hook_shuffle_xor as *const () as usize,
         hook_shuffle_idx as *const () as usize,
         hook_barrier as *const () as usize,
+        hook_mma as *const () as usize,
     ]);
     {
         // SAFETY: the module defines the pointer-sized global `kiln_sim_hooks` whenever a kernel
@@ -202,6 +249,7 @@ impl SimLib {
                 warps: (0..warps)
                     .map(|w| Warp {
                         slots: std::array::from_fn(|_| AtomicU32::new(0)),
+                        mma: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU32::new(0))),
                         barrier: SimBarrier::new((threads - 32 * w).min(32)),
                     })
                     .collect(),
