@@ -75,6 +75,12 @@ else
     failed=$((failed + 1))
 fi
 
+if run runtime-only bash scripts/check-runtime-only.sh; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1))
+fi
+
 log ""
 if [[ ${#broken[@]} -gt 0 ]]; then
     log "failed steps: ${broken[*]}"

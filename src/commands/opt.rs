@@ -80,6 +80,7 @@ impl PassArgs {
     }
 
     /// The pipeline text asked for (`-O2` for a level), or empty.
+    #[cfg_attr(not(feature = "llvm"), allow(dead_code))] // used by `kiln compile`
     pub fn pipeline_text(&self) -> String {
         self.pipeline().map(|(p, _)| p).unwrap_or_default()
     }
