@@ -21,7 +21,7 @@ pub struct GpuArgs {
 }
 
 pub enum Executor {
-    Cpu(CpuModel),
+    Cpu(Box<CpuModel>),
     #[cfg(feature = "cuda")]
     Cuda(Box<kiln_runtime::cuda::CudaModel>),
 }
@@ -40,7 +40,7 @@ impl Executor {
     /// Loads the artifact at `dir` on its target: `threads` CPU threads, or GPU `gpu.gpu`.
     pub fn load(dir: &Path, threads: usize, offload: Option<&OffloadConfig>, gpu: &GpuArgs) -> Result<Executor> {
         if !is_cuda_artifact(dir)? {
-            return Ok(Executor::Cpu(CpuModel::load_with(dir, threads, offload)?));
+            return Ok(Executor::Cpu(Box::new(CpuModel::load_with(dir, threads, offload)?)));
         }
         if offload.is_some() {
             bail!("{}: expert offloading (--expert-cache/--expert-budget) runs on the CPU; this artifact is compiled for CUDA", dir.display());

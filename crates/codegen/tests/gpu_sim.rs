@@ -228,7 +228,9 @@ fn cache(r: &mut SplitMix64, cap: usize, len: usize, kv_heads: usize, head_dim: 
 fn attention_and_kv_append() {
     let mut r = SplitMix64::new(21);
     let mut cases = Vec::new();
-    let variants: Vec<(usize, usize, usize, bool, Option<i64>, Option<f32>, Option<RopeParams>)> = vec![
+    // heads, kv heads, head dim, causal, window, soft-cap, RoPE
+    type Variant = (usize, usize, usize, bool, Option<i64>, Option<f32>, Option<RopeParams>);
+    let variants: Vec<Variant> = vec![
         (6, 2, 64, true, None, None, Some(rope(false, 64, 1.0))),
         (4, 1, 80, true, Some(5), Some(30.0), Some(rope(true, 32, 1.1))),
         (2, 2, 128, false, None, None, None),

@@ -227,7 +227,7 @@ fn group_align(format: WeightFormat, k: usize) -> u32 {
         WeightFormat::Bf16 | WeightFormat::F16 => 2,
         _ => return 2,
     };
-    if (k * esize) % 16 == 0 {
+    if (k * esize).is_multiple_of(16) {
         16
     } else {
         esize as u32

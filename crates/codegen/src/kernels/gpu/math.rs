@@ -38,7 +38,7 @@ pub fn call_f64<'ctx>(cx: &KernelCx<'ctx>, name: &str, x: FloatValue<'ctx>) -> R
     let f64t = cx.context.f64_type();
     let c = |v: f64| f64t.const_float(v);
     // r = x − k·2π with k = rint(x / 2π); 2π split so that k · TWO_PI_HI is exact for |k| < 2^20.
-    const TWO_PI_HI: f64 = 6.283_185_307_179_586;
+    const TWO_PI_HI: f64 = std::f64::consts::TAU;
     const TWO_PI_LO: f64 = 2.449_293_598_294_706_4e-16;
     let q = b.build_float_mul(x, c(1.0 / (2.0 * std::f64::consts::PI)), "q").map_err(llvm_err)?;
     let k = cx.intrinsic("llvm.rint", &[f64t.into()], &[q.into()])?.into_float_value();
@@ -56,7 +56,7 @@ pub fn call_f64<'ctx>(cx: &KernelCx<'ctx>, name: &str, x: FloatValue<'ctx>) -> R
     let coeff = |n: usize| {
         let m = 2 * n + first;
         let fact: f64 = (1..=m).map(|i| i as f64).product();
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             1.0 / fact
         } else {
             -1.0 / fact
@@ -142,9 +142,9 @@ fn erfc<'ctx>(cx: &KernelCx<'ctx>, x: FloatValue<'ctx>) -> Result<FloatValue<'ct
         0.096_784_18,
         -0.186_288_06,
         0.278_868_07,
-        -1.135_203_98,
-        1.488_515_87,
-        -0.822_152_23,
+        -1.135_204,
+        1.488_515_9,
+        -0.822_152_2,
         0.170_872_77,
     ];
     let b = &cx.builder;

@@ -26,7 +26,10 @@ use inkwell::IntPredicate;
 
 /// Whether a matmul can take the tensor-core path for calls of 16 rows or more.
 pub fn applies(format: crate::kernels::spec::WeightFormat, k: usize, cols_per_task: usize) -> bool {
-    format == crate::kernels::spec::WeightFormat::Bf16 && k % 16 == 0 && cols_per_task % 8 == 0 && cols_per_task <= 16
+    format == crate::kernels::spec::WeightFormat::Bf16
+        && k.is_multiple_of(16)
+        && cols_per_task.is_multiple_of(8)
+        && cols_per_task <= 16
 }
 
 /// The tensor-core matmul for task `task` (its columns `task · cols_per_task ..`) over `m` rows.
