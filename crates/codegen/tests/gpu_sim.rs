@@ -315,12 +315,20 @@ fn per_thread_kernels() {
         tasks: rows as i64,
         bufs: vec![Buf::F32(r.vec(rows * cols, -1.0, 1.0)), Buf::I32(vec![0; rows * k])],
     });
+    // A permute (strides out of order) and a slice with an offset, f32 and i32.
     cases.push(Case {
-        what: "copy".into(),
+        what: "copy permute".into(),
         spec: KernelSpec::Copy { int: false },
+        dims: vec![3, 4, 2, 5, 1, 30, 15, 3, 0],
+        tasks: 3,
+        bufs: vec![Buf::F32(r.vec(120, -1.0, 1.0)), Buf::F32(vec![0.0; 120])],
+    });
+    cases.push(Case {
+        what: "copy slice".into(),
+        spec: KernelSpec::Copy { int: true },
         dims: vec![3, 4, 2, 1, 1, 6, 3, 1, 2],
         tasks: 3,
-        bufs: vec![Buf::F32(r.vec(64, -1.0, 1.0)), Buf::F32(vec![0.0; 24])],
+        bufs: vec![Buf::I32((0..64).collect()), Buf::I32(vec![0; 24])],
     });
     cases.push(Case {
         what: "nonzero".into(),

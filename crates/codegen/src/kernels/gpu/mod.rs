@@ -5,18 +5,20 @@
 //! - the hot families have GPU emitters of their own: `matmul` ([`gemv`]: a warp per output
 //!   column, 128-bit weight loads, warp-shuffle reductions; with bf16 weights and 16 rows or more,
 //!   tensor cores, [`mma`]), `embedding` ([`embedding`]: a block per row), `elementwise` (a block
-//!   per row, threads over the columns) and the row reductions `rms_norm`, `layer_norm`, `softmax`, `reduce`
+//!   per row, threads over the columns), `copy` ([`copy`]: a block per outer index) and the row
+//!   reductions `rms_norm`, `layer_norm`, `softmax`, `reduce`
 //!   ([`rows`]: a warp per row), `attention` ([`attention`]: a block of 8 warps per query head
 //!   splitting the cache, a key per lane, merged through shared memory) and `kv_append` (a block
 //!   per token, a thread per cached element);
 //! - every other family reuses its CPU emitter's body, inlined into an entry that runs one task per
-//!   thread. These are the small routing and data-movement kernels (`top_k`, `nonzero`, `copy`,
-//!   ...), so the CPU and the GPU compute them with the same code.
+//!   thread. These are the small routing kernels (`top_k`, `nonzero`, `take`, `scatter_rows`, ...)
+//!   and the standalone `rope`, so the CPU and the GPU compute them with the same code.
 //!
 //! Math functions come from [`math`] (no libm on a GPU). [`sim`] runs these kernels on the host,
 //! so tests check them against the CPU kernels without a GPU.
 
 pub mod attention;
+pub mod copy;
 pub mod embedding;
 pub mod entry;
 pub mod gemv;
@@ -84,6 +86,7 @@ pub fn emit_gpu_kernel(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: 
     match spec {
         KernelSpec::Matmul { .. } => gemv::emit(cx, name, spec, arity),
         KernelSpec::Embedding { .. } => embedding::emit(cx, name, spec, arity),
+        KernelSpec::Copy { .. } => copy::emit(cx, name, spec, arity),
         KernelSpec::Elementwise { .. } => rows::emit_elementwise(cx, name, spec, arity),
         KernelSpec::RmsNorm { .. } | KernelSpec::LayerNorm { .. } | KernelSpec::Softmax { .. } => {
             rows::emit_norm(cx, name, spec, arity)
