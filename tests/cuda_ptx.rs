@@ -206,9 +206,16 @@ fn cuda_artifacts_fail_cleanly_without_a_gpu() {
     ok(kiln(&["gen-model", "--arch", "llama", "--seed", "1", "-o", s(&m)]));
     let art = t.join("a.kiln");
     ok(kiln(&["compile", s(&m), "-o", s(&art), "--target", "cuda:sm_80"]));
+    // `kiln targets` says which GPUs can run it here.
+    let (text, _) = ok(kiln(&["targets"]));
+    assert!(text.contains("nvptx") && text.lines().any(|l| l.starts_with("gpu ")), "{text}");
+    let (json, _) = ok(kiln(&["targets", "--json"]));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert!(v["cuda"].is_object(), "{v}");
     if kiln_runtime::cuda_driver_present() {
         return; // A machine with a driver runs it instead (bench/gpu/device.sh checks the results).
     }
+    assert!(text.contains("gpu     none: no CUDA driver"), "{text}");
     fails_with(kiln(&["run", s(&art), "--prompt", "hi"]), &["CUDA", "driver"]);
     fails_with(kiln(&["bench", s(&art), "--gen", "2", "--prompt-len", "2"]), &["CUDA", "driver"]);
     fails_with(kiln(&["logits", s(&art), "--ids", "1,2"]), &["CUDA", "driver"]);
