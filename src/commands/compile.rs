@@ -40,7 +40,8 @@ pub struct CompileArgs {
     pub target_cpu: String,
     /// What to compile for: `cpu` (default), or `cuda` / `cuda:sm_80` / `cuda:sm_90` for NVIDIA
     /// GPUs (PTX; `cuda` alone means this machine's GPU, or sm_80 — which runs on every later GPU —
-    /// when there is none).
+    /// when there is none), or `cuda-sim`: the CUDA kernels for this CPU's SIMT simulator (slow; for
+    /// checking the GPU kernels without a GPU).
     #[arg(long, default_value = "cpu")]
     pub target: String,
     /// The pass pipeline (default: -O2 without merge-projections, see CPU_DEFAULT_PIPELINE;
@@ -53,7 +54,7 @@ pub struct CompileArgs {
 fn cuda_sm(target: &str) -> Result<Option<u32>> {
     let supported = kiln_codegen::SUPPORTED_SMS.iter().map(|s| format!("sm_{s}")).collect::<Vec<_>>().join(", ");
     match target {
-        "cpu" => Ok(None),
+        "cpu" | "cuda-sim" => Ok(None),
         "cuda" => Ok(Some(match kiln_runtime::cuda_available() {
             Ok(info) => info.devices.first().map_or(80, |d| d.sm()),
             Err(_) => 80,
@@ -63,7 +64,9 @@ fn cuda_sm(target: &str) -> Result<Option<u32>> {
                 .strip_prefix("cuda:sm_")
                 .and_then(|n| n.parse::<u32>().ok())
                 .filter(|n| kiln_codegen::SUPPORTED_SMS.contains(n))
-                .ok_or_else(|| anyhow!("--target '{t}' is not cpu, cuda, or cuda:SM with SM one of {supported}"))?;
+                .ok_or_else(|| {
+                    anyhow!("--target '{t}' is not cpu, cuda, cuda:SM with SM one of {supported}, or cuda-sim")
+                })?;
             Ok(Some(sm))
         }
     }
@@ -124,6 +127,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
         extra_files: extra,
         target_cpu: args.target_cpu.clone(),
         cuda_sm: cuda_sm(&args.target)?,
+        cuda_sim: args.target == "cuda-sim",
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(100));

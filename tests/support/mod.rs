@@ -131,6 +131,7 @@ pub fn compile_for_test(
         extra_files: vec![],
         target_cpu: "native".into(),
         cuda_sm: None,
+        cuda_sim: false,
     };
     kiln_codegen::artifact::compile(graph, weights, model, &opts, out, &mut |_| {}).unwrap();
 }

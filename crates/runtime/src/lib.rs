@@ -20,6 +20,7 @@ pub mod generate;
 pub mod measure;
 pub mod offload;
 pub mod sampler;
+pub mod simt;
 pub mod tokenizer;
 
 pub use device::{cuda_available, cuda_driver_present, CudaDevice, CudaInfo};

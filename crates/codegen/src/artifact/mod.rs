@@ -47,6 +47,9 @@ pub struct CompileOptions {
     pub target_cpu: String,
     /// Generate PTX for this NVIDIA SM (`80`, `90`) instead of CPU code.
     pub cuda_sm: Option<u32>,
+    /// Generate the CUDA kernels for the host's SIMT simulator (`kiln_runtime::simt`) instead:
+    /// a CPU artifact that runs the GPU kernels' logic, slowly (testing and debugging).
+    pub cuda_sim: bool,
 }
 
 /// The generated kernels, as the target wants them.
@@ -55,12 +58,14 @@ enum Kernels {
     Object(Vec<u8>),
     /// PTX for `kernels.ptx`, with each kernel's launch geometry.
     Ptx(String, Vec<Launch>),
+    /// Simulated CUDA kernels (an object linked into `kernels.so`), with their launch geometry.
+    Sim(Vec<u8>, Vec<Launch>),
 }
 
 impl Kernels {
     fn file_name(&self) -> &'static str {
         match self {
-            Kernels::Object(_) => "kernels.so",
+            Kernels::Object(_) | Kernels::Sim(..) => "kernels.so",
             Kernels::Ptx(..) => "kernels.ptx",
         }
     }
@@ -139,12 +144,18 @@ pub fn compile(
     let secs_plan = t.elapsed().as_secs_f64();
     let t = Instant::now();
     progress("generating kernels with LLVM");
+    let with_arity = || -> Result<Vec<_>> {
+        Ok(plan.kernels.iter().zip(arities(&plan)?).map(|((n, s), a)| (n.clone(), s.clone(), a)).collect())
+    };
     let (target, kernels) = match opts.cuda_sm {
+        _ if opts.cuda_sim => {
+            let target = cpu_machine(&opts.target_cpu)?;
+            let (object, launches) = crate::kernels::gpu::sim::compile_sim(&with_arity()?, &target)?;
+            (target, Kernels::Sim(object, launches))
+        }
         Some(sm) => {
             let target = nvptx_target(sm)?;
-            let with_arity: Vec<_> =
-                plan.kernels.iter().zip(arities(&plan)?).map(|((n, s), a)| (n.clone(), s.clone(), a)).collect();
-            let (ptx, launches) = compile_ptx(&with_arity, &target)?;
+            let (ptx, launches) = compile_ptx(&with_arity()?, &target)?;
             (target, Kernels::Ptx(ptx, launches))
         }
         None => {
@@ -196,7 +207,7 @@ fn write_files(
 ) -> Result<(u64, u64)> {
     let kpath = dir.join(kernels.file_name());
     match kernels {
-        Kernels::Object(object) => crate::link::link_shared(object, &kpath)?,
+        Kernels::Object(object) | Kernels::Sim(object, _) => crate::link::link_shared(object, &kpath)?,
         Kernels::Ptx(ptx, _) => std::fs::write(&kpath, ptx).map_err(|e| io_err(&kpath, e))?,
     }
     let wpath = dir.join("weights.safetensors");
@@ -237,7 +248,10 @@ fn write_files(
         compiler: format!("kiln {}", env!("CARGO_PKG_VERSION")),
         target: TargetDesc {
             triple: target.triple.clone(),
-            cpu: target.cpu.clone(),
+            cpu: match kernels {
+                Kernels::Sim(..) => format!("{} (cuda-sim)", target.cpu),
+                _ => target.cpu.clone(),
+            },
             required_features: required_features(target),
         },
         model,
@@ -255,7 +269,7 @@ fn write_files(
                 kind: spec.kind().to_string(),
                 params: serde_json::to_value(spec).unwrap_or_default(),
                 launch: match kernels {
-                    Kernels::Ptx(_, launches) => launches.get(i).copied(),
+                    Kernels::Ptx(_, launches) | Kernels::Sim(_, launches) => launches.get(i).copied(),
                     Kernels::Object(_) => None,
                 },
             })

@@ -138,6 +138,10 @@ pub struct Launch {
     pub tasks_per_block: u32,
     #[serde(default)]
     pub shared_bytes: u32,
+    /// The kernel synchronizes its whole block (`bar.sync`), so its warps must run together
+    /// (a simulator may run the warps of other kernels one at a time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block_sync: bool,
 }
 
 impl Launch {

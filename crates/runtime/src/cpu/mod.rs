@@ -26,6 +26,14 @@ struct KvStore {
     len_symbol: Option<usize>,
 }
 
+/// A kernel of `kernels.so`: native CPU code, or (`kiln compile --target cuda-sim`) a CUDA kernel
+/// compiled for the SIMT simulator, launched with its geometry.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Native(KernelFn),
+    Simulated(crate::simt::SimFn, crate::artifact::manifest::Launch),
+}
+
 /// Where a buffer's memory is.
 enum Memory {
     /// Owned scratch memory (u64 words for alignment), allocated once at load and never resized,
@@ -71,7 +79,7 @@ pub struct KernelProfile {
 
 pub struct CpuModel {
     art: Artifact,
-    kernels: Vec<KernelFn>,
+    kernels: Vec<Kernel>,
     memory: Vec<Memory>,
     caches: HashMap<usize, KvStore>,
     pool: Pool,
@@ -82,6 +90,8 @@ pub struct CpuModel {
     logits_output: usize,
     profile: Option<Vec<KernelProfile>>,
     offload: Option<Offload>,
+    /// Plays the GPU threads of `--target cuda-sim` kernels.
+    simulator: Option<crate::simt::Simulator>,
 }
 
 fn exec_err(msg: impl Into<String>) -> RuntimeError {
@@ -105,15 +115,38 @@ impl CpuModel {
                 m.target.cpu
             )));
         };
+        let missing = |symbol: &str, e: libloading::Error| {
+            RuntimeError::Artifact(format!("{}: kernels.so lacks kernel '{symbol}': {e}", dir.display()))
+        };
         let mut kernels = Vec::with_capacity(m.kernels.len());
         for k in &m.kernels {
-            // SAFETY: the symbol is a kernel with the documented ABI (the manifest says so, and its
-            // checksum matched).
-            let f: libloading::Symbol<KernelFn> = unsafe { library.get(k.symbol.as_bytes()) }.map_err(|e| {
-                RuntimeError::Artifact(format!("{}: kernels.so lacks kernel '{}': {e}", dir.display(), k.symbol))
-            })?;
-            kernels.push(*f);
+            kernels.push(match k.launch {
+                // SAFETY: the symbol is a kernel with the documented ABI (the manifest says so,
+                // and its checksum matched).
+                None => Kernel::Native(
+                    *unsafe { library.get::<KernelFn>(k.symbol.as_bytes()) }.map_err(|e| missing(&k.symbol, e))?,
+                ),
+                Some(launch) => {
+                    let symbol = format!("{}__sim", k.symbol);
+                    // SAFETY: as above, for the simulator's entry of a CUDA kernel.
+                    let f = *unsafe { library.get::<crate::simt::SimFn>(symbol.as_bytes()) }
+                        .map_err(|e| missing(&symbol, e))?;
+                    Kernel::Simulated(f, launch)
+                }
+            });
         }
+        let simulator = kernels
+            .iter()
+            .filter_map(|k| match k {
+                Kernel::Simulated(_, l) => Some(if l.block_sync { l.block as usize } else { 0 }),
+                Kernel::Native(_) => None,
+            })
+            .max()
+            .map(|threads| {
+                // SAFETY: a `--target cuda-sim` library: its hook global is pointer-sized.
+                unsafe { crate::simt::install_hooks(library) };
+                crate::simt::Simulator::new(threads)
+            });
         // Upper bounds of every symbol, to size scratch buffers once.
         let maxima: Vec<i64> = m
             .symbols
@@ -190,6 +223,7 @@ impl CpuModel {
             logits_output,
             profile: None,
             offload,
+            simulator,
             art,
         })
     }
@@ -394,7 +428,15 @@ impl CpuModel {
             let start = self.profile.is_some().then(std::time::Instant::now);
             // SAFETY: buffers were sized by the planner for these dims (upper bounds at load time);
             // cache appends were checked against the capacity in `forward`.
-            unsafe { self.pool.run(self.kernels[kernel], &dims, &bufs, tasks) };
+            match self.kernels[kernel] {
+                Kernel::Native(f) => unsafe { self.pool.run(f, &dims, &bufs, tasks) },
+                Kernel::Simulated(f, launch) => {
+                    let params: Vec<i64> = dims.iter().copied().chain(bufs.iter().map(|&p| p as i64)).collect();
+                    // SAFETY: as for native kernels; the simulator runs the CUDA kernel's threads.
+                    let sim = self.simulator.as_ref().expect("a simulator for simulated kernels");
+                    unsafe { sim.launch(f, launch, tasks, &params) }
+                }
+            }
             if let (Some(start), Some(profile)) = (start, self.profile.as_mut()) {
                 let kind = &self.art.manifest.kernels[kernel].kind;
                 match profile.iter_mut().find(|p| &p.kind == kind) {

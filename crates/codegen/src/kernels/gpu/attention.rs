@@ -155,7 +155,7 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
     let task = entry::block(cx)?;
     let shape = Shape { heads, kv_heads, head_dim, scale, causal, window, softcap };
     entry::guard_and_finish(cx, &e, task, || attend(cx, &e, task, shape, rope.as_ref(), &smem))?;
-    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0 })
+    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0, block_sync: true })
 }
 
 #[derive(Clone, Copy)]
@@ -417,5 +417,5 @@ pub fn emit_kv_append(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: A
             cx.store_f32(cache_k, to, k)
         })
     })?;
-    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0 })
+    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
 }

@@ -133,7 +133,7 @@ pub enum Hook {
 }
 
 /// The global the simulator points at its hook table.
-pub const SIM_HOOKS: &str = "kiln_sim_hooks";
+pub const SIM_HOOKS: &str = kiln_runtime::simt::HOOKS_GLOBAL;
 
 /// Calls simulator hook `h` through the table `kiln_sim_hooks` points to.
 fn sim_call<'ctx>(
