@@ -235,11 +235,16 @@ fn attention_and_kv_append() {
         (4, 1, 80, true, Some(5), Some(30.0), Some(rope(true, 32, 1.1))),
         (2, 2, 128, false, None, None, None),
         (3, 3, 16, true, None, None, Some(rope(false, 8, 1.0))),
+        // Enough heads that each gets one block (no split-K across blocks).
+        (128, 64, 16, true, None, None, None),
     ];
     for (heads, kv_heads, head_dim, causal, window, softcap, rope) in variants {
         // Decode (one query at the end) and a 3-token chunk at the end, over caches shorter and
         // longer than one pass of the block's warps.
         for (t, len) in [(1usize, 7usize), (3, 40), (1, 300)] {
+            if heads > 64 && t > 1 {
+                continue; // slow in the simulator, and nothing new
+            }
             let cap = len + 2;
             let [ck, cv, cp] = cache(&mut r, cap, len, kv_heads, head_dim);
             let positions: Vec<i32> = ((len - t) as i32..len as i32).collect();

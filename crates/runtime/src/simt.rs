@@ -56,9 +56,9 @@ impl SimBarrier {
         let mut spins = 0u32;
         while self.generation.load(Ordering::SeqCst) == generation {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
-                if spins % 65536 == 0 && since.elapsed() > DEADLOCK {
+                if spins.is_multiple_of(65536) && since.elapsed() > DEADLOCK {
                     panic!(
                         "simulated kernel deadlocked at a {what}: {} of {} threads arrived",
                         self.arrived.load(Ordering::SeqCst),

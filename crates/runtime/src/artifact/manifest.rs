@@ -129,9 +129,12 @@ pub struct KernelEntry {
 }
 
 /// The launch geometry of a CUDA kernel. A step with `tasks` tasks launches
-/// `ceil(tasks / tasks_per_block)` blocks of `block` threads with `shared_bytes` of dynamic shared
-/// memory. The kernel's parameters are, by value: `i64 tasks`, then the step's dims as `i64`, then
-/// its buffers as device pointers (0 for [`BufArg::Null`]).
+/// `ceil(tasks / tasks_per_block) · blocks_per_task` blocks of `block` threads with
+/// `shared_bytes` of dynamic shared memory. The kernel's parameters are, by value: `i64 tasks`,
+/// then the step's dims as `i64`, then its buffers as device pointers (0 for [`BufArg::Null`]),
+/// then — when `scratch_per_task` is not 0 — a device pointer to zero-initialized scratch memory
+/// of at least `tasks · scratch_per_task` bytes, which the kernel leaves zeroed where it found
+/// zeros (split-K partial results and their arrival counters).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Launch {
     pub block: u32,
@@ -142,12 +145,42 @@ pub struct Launch {
     /// (a simulator may run the warps of other kernels one at a time).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub block_sync: bool,
+    /// Blocks that share one task (split-K: each takes a part of the reduction, the last one to
+    /// finish combines them through the scratch memory).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub blocks_per_task: u32,
+    /// Bytes of scratch memory per task (0: no scratch parameter).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scratch_per_task: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Launch {
+    /// One task per `block`-thread block... or `tasks_per_block` per block: the simple geometry.
+    pub fn new(block: u32, tasks_per_block: u32) -> Launch {
+        Launch { block, tasks_per_block, shared_bytes: 0, block_sync: false, blocks_per_task: 1, scratch_per_task: 0 }
+    }
+
     /// Blocks for `tasks` tasks.
     pub fn grid(&self, tasks: i64) -> u32 {
-        (tasks.max(0) as u64).div_ceil(self.tasks_per_block.max(1) as u64) as u32
+        let groups = (tasks.max(0) as u64).div_ceil(self.tasks_per_block.max(1) as u64);
+        (groups * self.blocks_per_task.max(1) as u64) as u32
+    }
+
+    /// Scratch bytes a call of `tasks` tasks needs (0 without scratch).
+    pub fn scratch_bytes(&self, tasks: i64) -> usize {
+        tasks.max(0) as usize * self.scratch_per_task as usize
     }
 }
 

@@ -92,6 +92,8 @@ pub struct CpuModel {
     offload: Option<Offload>,
     /// Plays the GPU threads of `--target cuda-sim` kernels.
     simulator: Option<crate::simt::Simulator>,
+    /// Zeroed scratch memory for simulated split-K kernels (sized for the largest call).
+    sim_scratch: Vec<u64>,
 }
 
 fn exec_err(msg: impl Into<String>) -> RuntimeError {
@@ -207,6 +209,13 @@ impl CpuModel {
         let positions_input = find(&m.inputs, "positions")?;
         let logits_output = find(&m.outputs, "logits")?;
         let symbols = vec![0; m.symbols.len()];
+        let sim_scratch_bytes = m
+            .steps
+            .iter()
+            .filter_map(|st| m.kernels[st.kernel].launch.map(|l| l.scratch_bytes(st.tasks.eval(&maxima))))
+            .max()
+            .unwrap_or(0);
+        let sim_scratch = vec![0u64; sim_scratch_bytes.div_ceil(8)];
         let offload = match offload {
             Some(cfg) => Some(Self::offload(&art, cfg, &mut memory)?),
             None => None,
@@ -224,6 +233,7 @@ impl CpuModel {
             profile: None,
             offload,
             simulator,
+            sim_scratch,
             art,
         })
     }
@@ -431,7 +441,10 @@ impl CpuModel {
             match self.kernels[kernel] {
                 Kernel::Native(f) => unsafe { self.pool.run(f, &dims, &bufs, tasks) },
                 Kernel::Simulated(f, launch) => {
-                    let params: Vec<i64> = dims.iter().copied().chain(bufs.iter().map(|&p| p as i64)).collect();
+                    let mut params: Vec<i64> = dims.iter().copied().chain(bufs.iter().map(|&p| p as i64)).collect();
+                    if launch.scratch_per_task > 0 {
+                        params.push(self.sim_scratch.as_mut_ptr() as i64);
+                    }
                     // SAFETY: as for native kernels; the simulator runs the CUDA kernel's threads.
                     let sim = self.simulator.as_ref().expect("a simulator for simulated kernels");
                     unsafe { sim.launch(f, launch, tasks, &params) }

@@ -163,7 +163,7 @@ pub(super) mod tests {
 
     #[test]
     fn every_kernel_needs_a_launch() {
-        let l = Launch { block: 128, tasks_per_block: 4, shared_bytes: 0, block_sync: false };
+        let l = Launch::new(128, 4);
         assert_eq!(launches(Path::new("/a"), &manifest("sm_80", Some(l))).unwrap(), vec![l]);
         let e = launches(Path::new("/a"), &manifest("sm_80", None)).unwrap_err().to_string();
         assert!(e.contains("k_matmul_0") && e.contains("no launch"), "{e}");

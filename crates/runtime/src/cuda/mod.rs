@@ -52,6 +52,9 @@ pub struct CudaModel {
     launches: Vec<Launch>,
     /// Owners of the activation and weight memory (None for aliases); only `bases` is read.
     _owned: Vec<Option<DeviceBuffer>>,
+    /// Split-K scratch memory (see [`Launch`]), and its address (0 when no kernel takes it).
+    _scratch: Option<DeviceBuffer>,
+    scratch_addr: u64,
     /// Each buffer's device address (0 for aliases, resolved per call by [`params::buffer_addr`]).
     bases: Vec<u64>,
     caches: HashMap<usize, KvSlot>,
@@ -175,6 +178,14 @@ impl CudaModel {
             });
         }
         let bases = owned.iter().map(|b| b.as_ref().map_or(0, DeviceBuffer::addr)).collect();
+        // Split-K scratch for the largest call of any kernel that takes it (zeroed; the kernels
+        // leave their counters zeroed for the next call).
+        let scratch_bytes =
+            m.steps.iter().map(|st| launches[st.kernel].scratch_bytes(st.tasks.eval(&maxima))).max().unwrap_or(0);
+        let scratch = match scratch_bytes {
+            0 => None,
+            n => Some(DeviceBuffer::zeroed(n, stream, "split-K scratch")?),
+        };
         let mut caches = HashMap::new();
         for s in &m.kv_slots {
             caches.insert(s.slot, KvSlot::new(s, m.max_context, &m.symbols, stream)?);
@@ -201,6 +212,8 @@ impl CudaModel {
         Ok(CudaModel {
             funcs,
             launches,
+            scratch_addr: scratch.as_ref().map_or(0, DeviceBuffer::addr),
+            _scratch: scratch,
             _owned: owned,
             bases,
             caches,
@@ -415,6 +428,9 @@ impl CudaModel {
             if grid > 0 {
                 let mut values = Vec::with_capacity(1 + step.dims.len() + step.bufs.len());
                 params::pack(step, tasks, &self.symbols, |a| self.arg_addr(a), &mut values)?;
+                if launch.scratch_per_task > 0 {
+                    values.push(self.scratch_addr);
+                }
                 let mut call = KernelCall {
                     step: si,
                     func: self.funcs[kernel],

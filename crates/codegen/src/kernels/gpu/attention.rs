@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::kernels::builder::{llvm_err, KernelCx};
 use crate::kernels::spec::{KernelSpec, RopeParams};
 use inkwell::module::Linkage;
-use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue};
+use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 /// Threads of a `kv_append` block.
@@ -147,15 +147,45 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
     }
     let rope = rope.as_ref().map(|r| Rope::new(cx, name, r));
     let block = (32 * WARPS) as u32;
-    let arrays = [("q", head_dim), ("m", WARPS), ("l", WARPS), ("acc", WARPS * head_dim)]
+    let splits = split_count(heads);
+    let arrays = [("q", head_dim), ("m", WARPS), ("l", WARPS), ("acc", WARPS * head_dim), ("flag", 1)]
         .map(|(what, n)| shared_array(cx, &format!("{name}__{what}"), n));
-    let e = entry::begin(cx, name, arity.dims, arity.bufs, block)?;
-    let [q, m, l, acc] = arrays.map(|g| generic(cx, g));
-    let smem = Shared { q: q?, m: m?, l: l?, acc: acc? };
-    let task = entry::block(cx)?;
+    // The scratch memory is the parameter after the buffers.
+    let e = entry::begin(cx, name, arity.dims, arity.bufs + 1, block)?;
+    let [q, m, l, acc, flag] = arrays.map(|g| generic(cx, g));
+    let smem = Shared { q: q?, m: m?, l: l?, acc: acc?, flag: flag? };
+    let b = &cx.builder;
+    let ctaid = entry::block(cx)?;
+    let task = b.build_int_unsigned_div(ctaid, cx.c64(splits as i64), "task").map_err(llvm_err)?;
+    let split = b.build_int_unsigned_rem(ctaid, cx.c64(splits as i64), "split").map_err(llvm_err)?;
     let shape = Shape { heads, kv_heads, head_dim, scale, causal, window, softcap };
-    entry::guard_and_finish(cx, &e, task, || attend(cx, &e, task, shape, rope.as_ref(), &smem))?;
-    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0, block_sync: true })
+    let part = Split { index: split, count: splits, scratch: e.bufs[6] };
+    entry::guard_and_finish(cx, &e, task, || attend(cx, &e, task, shape, rope.as_ref(), &smem, &part))?;
+    Ok(Launch {
+        block_sync: true,
+        blocks_per_task: splits as u32,
+        scratch_per_task: scratch_per_task(splits, head_dim) as u32,
+        ..Launch::new(block, 1)
+    })
+}
+
+/// Blocks per query head: enough that a decode step's heads fill ~128 blocks (a large GPU's SMs),
+/// at most 8.
+fn split_count(heads: usize) -> usize {
+    (128 / heads.max(1)).clamp(1, 8)
+}
+
+/// A task's scratch bytes: an arrival counter (16 bytes, for alignment), then per split its
+/// partial state `[max, sum, acc[head_dim]]` in f32.
+fn scratch_per_task(splits: usize, head_dim: usize) -> usize {
+    16 + splits * (2 + head_dim) * 4
+}
+
+/// Which part of the cache this block takes, and where the parts meet.
+struct Split<'ctx> {
+    index: IntValue<'ctx>,
+    count: usize,
+    scratch: PointerValue<'ctx>,
 }
 
 #[derive(Clone, Copy)]
@@ -175,6 +205,8 @@ struct Shared<'ctx> {
     m: PointerValue<'ctx>,
     l: PointerValue<'ctx>,
     acc: PointerValue<'ctx>,
+    /// Whether this block arrived last (1.0) among its task's splits.
+    flag: PointerValue<'ctx>,
 }
 
 /// A static shared-memory array of `n` f32 (an ordinary global in the simulator).
@@ -208,6 +240,7 @@ fn attend<'ctx>(
     a: Shape,
     rope: Option<&Rope<'_, 'ctx>>,
     smem: &Shared<'ctx>,
+    part: &Split<'ctx>,
 ) -> Result<()> {
     let b = &cx.builder;
     let (q, positions, cache_k, cache_v, cache_pos, out) =
@@ -261,11 +294,23 @@ fn attend<'ctx>(
     };
     let mut init: Vec<BasicValueEnum> = vec![neg_inf.into(), cx.cf(0.0).into()];
     init.extend((0..per_lane).map(|_| BasicValueEnum::from(cx.cf(0.0))));
-    let first = b.build_int_mul(warp, cx.c64(32), "first").map_err(llvm_err)?;
-    // 2. This warp's keys, 32 at a time.
-    let state = cx.for_range_acc(first, len, threads, &init, |base, cur| {
+    // 2. This block's part of the cache, [lo, hi); this warp's keys in it, 32 at a time.
+    let count = cx.c64(part.count as i64);
+    let chunk = b
+        .build_int_signed_div(
+            b.build_int_add(len, cx.c64(part.count as i64 - 1), "lc").map_err(llvm_err)?,
+            count,
+            "chunk",
+        )
+        .map_err(llvm_err)?;
+    let lo = b.build_int_mul(part.index, chunk, "lo").map_err(llvm_err)?;
+    let hi = b.build_int_add(lo, chunk, "hi0").map_err(llvm_err)?;
+    let hi = b.build_select(cx.icmp(IntPredicate::SLT, hi, len)?, hi, len, "hi").map_err(llvm_err)?.into_int_value();
+    let first =
+        b.build_int_add(lo, b.build_int_mul(warp, cx.c64(32), "wf").map_err(llvm_err)?, "first").map_err(llvm_err)?;
+    let state = cx.for_range_acc(first, hi, threads, &init, |base, cur| {
         let j = b.build_int_add(base, lane, "j").map_err(llvm_err)?;
-        let in_cache = cx.icmp(IntPredicate::SLT, j, len)?;
+        let in_cache = cx.icmp(IntPredicate::SLT, j, hi)?;
         let jc = clamp(j)?;
         let key = cx.gep(cx.f32().into(), cache_k, kv_row(jc)?)?;
         let mut s = cx.cf(0.0);
@@ -294,7 +339,7 @@ fn attend<'ctx>(
             .map(|i| b.build_float_mul(cur[2 + i].into_float_value(), rescale, "kept").map_err(llvm_err))
             .collect::<Result<_>>()?;
         // V: the tile's 32 weights, one per lane, broadcast in turn.
-        let tile = b.build_int_sub(len, base, "rest").map_err(llvm_err)?;
+        let tile = b.build_int_sub(hi, base, "rest").map_err(llvm_err)?;
         let lt = cx.icmp(IntPredicate::SLT, tile, cx.c64(32))?;
         let tile = b.build_select(lt, tile, cx.c64(32), "tile").map_err(llvm_err)?.into_int_value();
         let init: Vec<BasicValueEnum> = acc.iter().map(|&v| v.into()).collect();
@@ -323,25 +368,106 @@ fn attend<'ctx>(
     }
     entry::barrier(cx)?;
     let out_row = cx.gep(cx.f32().into(), out, row)?;
-    cx.for_range(tid, cx.c64(hd), threads, |d| {
+    // The block's state: max M over its warps, sum L and accumulator O rescaled to M.
+    let merged = |ms: &dyn Fn(i64) -> Result<FloatValue<'ctx>>,
+                  ls: &dyn Fn(i64) -> Result<FloatValue<'ctx>>,
+                  os: &dyn Fn(i64) -> Result<FloatValue<'ctx>>,
+                  n: usize|
+     -> Result<[FloatValue<'ctx>; 3]> {
         let mut big = neg_inf;
-        for w in 0..WARPS {
-            let mw = cx.load_f32(smem.m, cx.c64(w as i64))?;
-            big = cx.intrinsic("llvm.maxnum", &[cx.f32().into()], &[big.into(), mw.into()])?.into_float_value();
+        for w in 0..n as i64 {
+            big = cx.intrinsic("llvm.maxnum", &[cx.f32().into()], &[big.into(), ms(w)?.into()])?.into_float_value();
         }
         let (mut l, mut o) = (cx.cf(0.0), cx.cf(0.0));
-        for w in 0..WARPS {
-            let mw = cx.load_f32(smem.m, cx.c64(w as i64))?;
+        for w in 0..n as i64 {
+            let mw = ms(w)?;
             let dead = cx.fcmp(FloatPredicate::OEQ, mw, neg_inf)?;
             let f = sel(dead, cx.cf(0.0), cx.libm("expf", &[b.build_float_sub(mw, big, "dw").map_err(llvm_err)?])?)?;
-            l = cx.fma(cx.load_f32(smem.l, cx.c64(w as i64))?, f, l)?.into_float_value();
-            let at = b.build_int_add(cx.c64(w as i64 * hd), d, "wat").map_err(llvm_err)?;
-            o = cx.fma(cx.load_f32(smem.acc, at)?, f, o)?.into_float_value();
+            l = cx.fma(ls(w)?, f, l)?.into_float_value();
+            o = cx.fma(os(w)?, f, o)?.into_float_value();
         }
-        // No visible key: zeros, like the CPU kernel and the interpreter.
+        Ok([big, l, o])
+    };
+    // out = O / L; no visible key leaves L = 0: zeros, like the CPU kernel and the interpreter.
+    let finish = |d: IntValue<'ctx>, l: FloatValue<'ctx>, o: FloatValue<'ctx>| -> Result<()> {
         let any = cx.fcmp(FloatPredicate::OGT, l, cx.cf(0.0))?;
         let y = sel(any, b.build_float_div(o, l, "y").map_err(llvm_err)?, cx.cf(0.0))?;
         cx.store_f32(out_row, d, y)
+    };
+    let warp_m = |w: i64| cx.load_f32(smem.m, cx.c64(w));
+    let warp_l = |w: i64| cx.load_f32(smem.l, cx.c64(w));
+    if part.count == 1 {
+        return cx.for_range(tid, cx.c64(hd), threads, |d| {
+            let warp_o = |w: i64| cx.load_f32(smem.acc, b.build_int_add(cx.c64(w * hd), d, "wat").map_err(llvm_err)?);
+            let [_, l, o] = merged(&warp_m, &warp_l, &warp_o, WARPS)?;
+            finish(d, l, o)
+        });
+    }
+    // 4. Split-K across blocks: this block's state into its scratch slot; the last block of the
+    // task to arrive merges every slot (the threadfence-reduction pattern: write, fence, count).
+    let slot_floats = (2 + hd) as i64;
+    let task_base = cx.gep_bytes(
+        part.scratch,
+        b.build_int_mul(task, cx.c64(scratch_per_task(part.count, a.head_dim) as i64), "tb").map_err(llvm_err)?,
+    )?;
+    let partials = cx.gep_bytes(task_base, cx.c64(16))?;
+    let mine =
+        cx.gep(cx.f32().into(), partials, b.build_int_mul(part.index, cx.c64(slot_floats), "so").map_err(llvm_err)?)?;
+    cx.for_range(tid, cx.c64(hd), threads, |d| {
+        let warp_o = |w: i64| cx.load_f32(smem.acc, b.build_int_add(cx.c64(w * hd), d, "wat").map_err(llvm_err)?);
+        let [big, l, o] = merged(&warp_m, &warp_l, &warp_o, WARPS)?;
+        cx.store_f32(mine, b.build_int_add(d, cx.c64(2), "od").map_err(llvm_err)?, o)?;
+        // Thread 0 also writes the block's max and sum.
+        cx.if_then(cx.icmp(IntPredicate::EQ, d, cx.c64(0))?, || {
+            cx.store_f32(mine, cx.c64(0), big)?;
+            cx.store_f32(mine, cx.c64(1), l)
+        })
+    })?;
+    entry::barrier(cx)?;
+    let first_thread = cx.icmp(IntPredicate::EQ, tid, cx.c64(0))?;
+    cx.if_then(first_thread, || {
+        entry::threadfence(cx)?;
+        let one = cx.i32().const_int(1, false);
+        let arrived = b
+            .build_atomicrmw(
+                inkwell::AtomicRMWBinOp::Add,
+                task_base,
+                one,
+                inkwell::AtomicOrdering::SequentiallyConsistent,
+            )
+            .map_err(llvm_err)?;
+        let last = cx.icmp(IntPredicate::EQ, arrived, cx.i32().const_int(part.count as u64 - 1, false))?;
+        let flag = b.build_select(last, cx.cf(1.0), cx.cf(0.0), "flag").map_err(llvm_err)?.into_float_value();
+        cx.store_f32(smem.flag, cx.c64(0), flag)?;
+        // The last block resets the counter for the next call (every block has arrived).
+        cx.if_then(last, || {
+            let st = b.build_store(task_base, cx.i32().const_zero()).map_err(llvm_err)?;
+            st.set_alignment(4).map_err(llvm_err)?;
+            Ok(())
+        })
+    })?;
+    entry::barrier(cx)?;
+    let is_last = cx.fcmp(FloatPredicate::OEQ, cx.load_f32(smem.flag, cx.c64(0))?, cx.cf(1.0))?;
+    cx.if_then(is_last, || {
+        entry::threadfence(cx)?;
+        // Other blocks' slots, read past any cache (volatile).
+        let slot = |s: i64, k: IntValue<'ctx>| -> Result<FloatValue<'ctx>> {
+            let p = cx.gep(
+                cx.f32().into(),
+                partials,
+                b.build_int_add(cx.c64(s * slot_floats), k, "sk").map_err(llvm_err)?,
+            )?;
+            let v = b.build_load(cx.f32(), p, "part").map_err(llvm_err)?;
+            let i = v.as_instruction_value().ok_or_else(|| llvm_err("a load"))?;
+            i.set_volatile(true).map_err(llvm_err)?;
+            i.set_alignment(4).map_err(llvm_err)?;
+            Ok(v.into_float_value())
+        };
+        cx.for_range(tid, cx.c64(hd), threads, |d| {
+            let od = b.build_int_add(d, cx.c64(2), "od").map_err(llvm_err)?;
+            let [_, l, o] = merged(&|s| slot(s, cx.c64(0)), &|s| slot(s, cx.c64(1)), &|s| slot(s, od), part.count)?;
+            finish(d, l, o)
+        })
     })
 }
 
@@ -417,5 +543,5 @@ pub fn emit_kv_append(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: A
             cx.store_f32(cache_k, to, k)
         })
     })?;
-    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(block, 1))
 }

@@ -42,5 +42,5 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
             cx.store(cx.i32().into(), out, add(out0, f, "dst")?, v, 4)
         })
     })?;
-    Ok(Launch { block: BLOCK, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(BLOCK, 1))
 }

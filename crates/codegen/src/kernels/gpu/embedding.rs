@@ -32,7 +32,7 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
             cx.store_f32(out, b.build_int_add(start, j, "at").map_err(llvm_err)?, v)
         })
     })?;
-    Ok(Launch { block: BLOCK, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(BLOCK, 1))
 }
 
 /// Element `j` of a packed row (llama.cpp's Q8_0/Q4_0 block layouts, see `crate::pack`).

@@ -248,6 +248,20 @@ pub fn sim_mma<'ctx>(
     (0..4).map(|i| cx.load_f32(slot, cx.c64(i))).collect()
 }
 
+/// `__threadfence()` (`membar.gl`): this thread's writes to global memory are seen by every other
+/// block before its later writes (NVPTX cannot select LLVM's `fence`; the host can).
+pub fn threadfence(cx: &KernelCx<'_>) -> Result<()> {
+    if cx.sim {
+        cx.builder.build_fence(inkwell::AtomicOrdering::SequentiallyConsistent, false, "").map_err(llvm_err)?;
+        return Ok(());
+    }
+    let f = inkwell::intrinsics::Intrinsic::find("llvm.nvvm.membar.gl")
+        .and_then(|i| i.get_declaration(&cx.module, &[]))
+        .ok_or_else(|| llvm_err("no llvm.nvvm.membar.gl"))?;
+    cx.builder.build_call(f, &[], "").map_err(llvm_err)?;
+    Ok(())
+}
+
 /// `bar.sync 0`: waits for every thread of the block.
 pub fn barrier(cx: &KernelCx<'_>) -> Result<()> {
     if cx.sim {

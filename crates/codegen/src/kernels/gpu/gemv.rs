@@ -92,7 +92,7 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
         b.position_at_end(end);
     }
     cx.finish()?;
-    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(block, 1))
 }
 
 /// Output column `col` for activation rows `m0 .. m0 + rows` (rows past `m` repeat the last one

@@ -113,7 +113,7 @@ fn per_thread(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) ->
         cx.builder.build_call(body, &args, "").map_err(super::builder::llvm_err)?;
         Ok(())
     })?;
-    Ok(Launch { block, tasks_per_block: block, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(block, block))
 }
 
 /// Emits every kernel into one module, optimizes it at O3 for `target` (an NVPTX target) and

@@ -66,7 +66,7 @@ pub fn emit_elementwise(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity:
             cx.store_f32(out, at, y)
         })
     })?;
-    Ok(Launch { block, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(block, 1))
 }
 
 pub fn emit_norm(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {
@@ -85,7 +85,7 @@ pub fn emit_norm(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity)
         KernelSpec::Reduce { op, cols } => reduce(cx, &e, row, op, cols),
         _ => Err(llvm_err(format!("{name}: not a row reduction"))),
     })?;
-    Ok(Launch { block: 32, tasks_per_block: 1, shared_bytes: 0, block_sync: false })
+    Ok(Launch::new(32, 1))
 }
 
 /// Calls `f(j, at)` for this lane's columns of the row starting at element `start`.

@@ -78,8 +78,21 @@ impl SimLib {
     pub unsafe fn run(&self, name: &str, tasks: i64, dims: &[i64], bufs: &[*mut u8]) {
         let f: libloading::Symbol<kiln_runtime::simt::SimFn> =
             self.lib.get(format!("{name}__sim").as_bytes()).expect("simulated kernel");
+        let launch = self.launches[name];
         let mut params: Vec<i64> = dims.to_vec();
         params.extend(bufs.iter().map(|&p| p as i64));
-        self.sim.launch(*f, self.launches[name], tasks, &params);
+        // Split-K scratch, zeroed as the ABI requires; the kernel must leave its counters zeroed.
+        let mut scratch = vec![0u64; launch.scratch_bytes(tasks).div_ceil(8)];
+        if launch.scratch_per_task > 0 {
+            params.push(scratch.as_mut_ptr() as i64);
+        }
+        self.sim.launch(*f, launch, tasks, &params);
+        if launch.scratch_per_task > 0 {
+            let counters_left = (0..tasks as usize).any(|t| {
+                let at = t * launch.scratch_per_task as usize;
+                (scratch[at / 8] >> (8 * (at % 8))) as u32 != 0
+            });
+            assert!(!counters_left, "{name}: a split-K counter was left non-zero");
+        }
     }
 }
