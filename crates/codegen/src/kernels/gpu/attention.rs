@@ -405,7 +405,7 @@ fn attend<'ctx>(
     }
     // 4. Split-K across blocks: this block's state into its scratch slot; the last block of the
     // task to arrive merges every slot (the threadfence-reduction pattern: write, fence, count).
-    let slot_floats = (2 + hd) as i64;
+    let slot_floats = 2 + hd;
     let task_base = cx.gep_bytes(
         part.scratch,
         b.build_int_mul(task, cx.c64(scratch_per_task(part.count, a.head_dim) as i64), "tb").map_err(llvm_err)?,
