@@ -8,7 +8,7 @@
 //! For `attention`, `dims[1]` is the number of cache entries to attend over: the length after this
 //! step's `kv_append`, so a token sees itself.
 
-mod attend;
+pub(crate) mod attend;
 mod helpers;
 mod kv_append;
 mod rotate;

@@ -242,10 +242,21 @@ impl<'ctx> KernelCx<'ctx> {
         tys: &[BasicTypeEnum<'ctx>],
         args: &[BasicMetadataValueEnum<'ctx>],
     ) -> Result<BasicValueEnum<'ctx>> {
+        basic(self.intrinsic_call(name, tys, args)?, name)
+    }
+
+    /// Calls an LLVM intrinsic and returns the call (for intrinsics that return nothing, or a
+    /// struct).
+    pub fn intrinsic_call(
+        &self,
+        name: &str,
+        tys: &[BasicTypeEnum<'ctx>],
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<inkwell::values::CallSiteValue<'ctx>> {
         let i = Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
         let f = i.get_declaration(&self.module, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
-        let call = self.builder.build_call(f, args, "call").map_err(llvm_err)?;
-        basic(call, name)
+        let call_name = if f.get_type().get_return_type().is_some() { "call" } else { "" };
+        self.builder.build_call(f, args, call_name).map_err(llvm_err)
     }
 
     /// `a·b + c`, scalar or vector (`llvm.fma`).

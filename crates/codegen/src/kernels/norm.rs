@@ -151,7 +151,12 @@ fn offset<'ctx>(cx: &KernelCx<'ctx>, a: IntValue<'ctx>, j: IntValue<'ctx>) -> Re
 }
 
 /// `1 / sqrt(sum / cols + eps)`.
-fn inv_std<'ctx>(cx: &KernelCx<'ctx>, sum: FloatValue<'ctx>, cols: usize, eps: f32) -> Result<FloatValue<'ctx>> {
+pub(crate) fn inv_std<'ctx>(
+    cx: &KernelCx<'ctx>,
+    sum: FloatValue<'ctx>,
+    cols: usize,
+    eps: f32,
+) -> Result<FloatValue<'ctx>> {
     let b = &cx.builder;
     let mean = b.build_float_div(sum, cx.cf(cols as f32), "ms").map_err(llvm_err)?;
     let var = b.build_float_add(mean, cx.cf(eps), "ve").map_err(llvm_err)?;

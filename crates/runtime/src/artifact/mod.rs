@@ -27,6 +27,25 @@ fn bad(path: &Path, msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Artifact(format!("{}: {}", path.display(), msg.into()))
 }
 
+/// Checks that `tokens` can be fed after `position` tokens: ids inside the vocabulary and room
+/// left in the KV cache. Both executors call it before running anything.
+pub fn check_feed(m: &Manifest, position: usize, tokens: &[u32]) -> Result<()> {
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= m.model.vocab_size) {
+        return Err(RuntimeError::Execution(format!(
+            "token id {bad} is outside the vocabulary of {}",
+            m.model.vocab_size
+        )));
+    }
+    if position + tokens.len() > m.max_context {
+        return Err(RuntimeError::Execution(format!(
+            "the context is full: {position} tokens so far + {} would exceed the artifact's {} (compile with a larger --max-context)",
+            tokens.len(),
+            m.max_context
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `dir` looks like a compiled artifact (has a manifest).
 pub fn is_artifact(dir: &Path) -> bool {
     dir.join("manifest.json").is_file()

@@ -321,17 +321,7 @@ impl CudaModel {
     /// the logits of the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let m = &self.art.manifest;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= m.model.vocab_size) {
-            return Err(exec_err(format!("token id {bad} is outside the vocabulary of {}", m.model.vocab_size)));
-        }
-        if self.position + tokens.len() > m.max_context {
-            return Err(exec_err(format!(
-                "the context is full: {} tokens so far + {} would exceed the artifact's {} (compile with a larger --max-context)",
-                self.position,
-                tokens.len(),
-                m.max_context
-            )));
-        }
+        crate::artifact::check_feed(m, self.position, tokens)?;
         self.gpu.make_current()?;
         let chunk = m.max_tokens.max(1);
         let mut logits = Vec::new();

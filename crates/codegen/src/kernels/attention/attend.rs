@@ -27,7 +27,8 @@ use crate::kernels::spec::RopeParams;
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
-/// The fields of [`crate::kernels::spec::KernelSpec::Attention`].
+/// The fields of [`crate::kernels::spec::KernelSpec::Attention`] (the GPU emitter uses it too).
+#[derive(Clone, Copy)]
 pub struct AttentionSpec<'a> {
     pub heads: usize,
     pub kv_heads: usize,
@@ -159,7 +160,7 @@ fn attend_one<'ctx>(
         let kv_row = b.build_int_add(kv_row, g, "jg").map_err(llvm_err)?;
         let kv_row = b.build_int_mul(kv_row, cx.c64(a.head_dim as i64), "kvrow").map_err(llvm_err)?;
         let update = || online_update(cx, a, ops, &q, &chunks, kv_row, cur);
-        match visible(cx, a, ops, query.pos, j)? {
+        match visible(cx, a, ops.cache_pos, query.pos, j)? {
             Some(cond) => if_then_values(cx, cond, cur, update),
             None => update(),
         }
@@ -219,12 +220,12 @@ fn causal_end<'ctx>(cx: &KernelCx<'ctx>, ops: &Operands<'ctx>, pos_q: IntValue<'
     Ok(out[0].into_int_value())
 }
 
-/// Whether cache entry `j` is visible to a query at `pos_q`; `None` when every key is (no
-/// causal mask, no window), so no test is emitted.
-fn visible<'ctx>(
+/// Whether cache entry `j` (positions in `cache_pos`) is visible to a query at `pos_q`; `None`
+/// when every key is (no causal mask, no window), so no test is emitted.
+pub(crate) fn visible<'ctx>(
     cx: &KernelCx<'ctx>,
     a: &AttentionSpec<'_>,
-    ops: &Operands<'ctx>,
+    cache_pos: PointerValue<'ctx>,
     pos_q: IntValue<'ctx>,
     j: IntValue<'ctx>,
 ) -> Result<Option<IntValue<'ctx>>> {
@@ -232,7 +233,7 @@ fn visible<'ctx>(
         return Ok(None);
     }
     let b = &cx.builder;
-    let pos_k = cx.load_i32(ops.cache_pos, j)?;
+    let pos_k = cx.load_i32(cache_pos, j)?;
     let pos_k = b.build_int_s_extend(pos_k, cx.i64(), "pos_k").map_err(llvm_err)?;
     let mut cond = None;
     if a.causal {

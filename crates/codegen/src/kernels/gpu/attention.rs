@@ -19,6 +19,7 @@
 use super::entry::{self, Entry};
 use super::{Arity, Launch};
 use crate::error::Result;
+use crate::kernels::attention::attend::{visible, AttentionSpec};
 use crate::kernels::builder::{llvm_err, KernelCx};
 use crate::kernels::spec::{KernelSpec, RopeParams};
 use inkwell::module::Linkage;
@@ -158,7 +159,8 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
     let ctaid = entry::block(cx)?;
     let task = b.build_int_unsigned_div(ctaid, cx.c64(splits as i64), "task").map_err(llvm_err)?;
     let split = b.build_int_unsigned_rem(ctaid, cx.c64(splits as i64), "split").map_err(llvm_err)?;
-    let shape = Shape { heads, kv_heads, head_dim, scale, causal, window, softcap };
+    // RoPE comes as `Rope` (with its frequency table) instead.
+    let shape = AttentionSpec { heads, kv_heads, head_dim, scale, causal, window, softcap, rope: None };
     let part = Split { index: split, count: splits, scratch: e.bufs[6] };
     entry::guard_and_finish(cx, &e, task, || attend(cx, &e, task, shape, rope.as_ref(), &smem, &part))?;
     Ok(Launch {
@@ -186,17 +188,6 @@ struct Split<'ctx> {
     index: IntValue<'ctx>,
     count: usize,
     scratch: PointerValue<'ctx>,
-}
-
-#[derive(Clone, Copy)]
-struct Shape {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    scale: f32,
-    causal: bool,
-    window: Option<i64>,
-    softcap: Option<f32>,
 }
 
 /// The block's shared memory: the rotated, scaled query, and each warp's partial softmax state.
@@ -237,7 +228,7 @@ fn attend<'ctx>(
     cx: &KernelCx<'ctx>,
     e: &Entry<'ctx>,
     task: IntValue<'ctx>,
-    a: Shape,
+    a: AttentionSpec<'_>,
     rope: Option<&Rope<'_, 'ctx>>,
     smem: &Shared<'ctx>,
     part: &Split<'ctx>,
@@ -323,7 +314,7 @@ fn attend<'ctx>(
             s = b.build_float_mul(cx.libm("tanhf", &[x])?, cx.cf(c), "capped").map_err(llvm_err)?;
         }
         let mut valid = in_cache;
-        if let Some(vis) = visible(cx, a, cache_pos, pos, jc)? {
+        if let Some(vis) = visible(cx, &a, cache_pos, pos, jc)? {
             valid = b.build_and(valid, vis, "valid").map_err(llvm_err)?;
         }
         let s = sel(valid, s, neg_inf)?;
@@ -469,34 +460,6 @@ fn attend<'ctx>(
             finish(d, l, o)
         })
     })
-}
-
-/// Whether cache entry `j` is visible to a query at `pos_q` (None: every key is).
-fn visible<'ctx>(
-    cx: &KernelCx<'ctx>,
-    a: Shape,
-    cache_pos: PointerValue<'ctx>,
-    pos_q: IntValue<'ctx>,
-    j: IntValue<'ctx>,
-) -> Result<Option<IntValue<'ctx>>> {
-    if !a.causal && a.window.is_none() {
-        return Ok(None);
-    }
-    let b = &cx.builder;
-    let pos_k = b.build_int_s_extend(cx.load_i32(cache_pos, j)?, cx.i64(), "pos_k").map_err(llvm_err)?;
-    let mut cond = None;
-    if a.causal {
-        cond = Some(cx.icmp(IntPredicate::SLE, pos_k, pos_q)?);
-    }
-    if let Some(w) = a.window {
-        let age = b.build_int_sub(pos_q, pos_k, "age").map_err(llvm_err)?;
-        let inside = cx.icmp(IntPredicate::SLT, age, cx.c64(w))?;
-        cond = Some(match cond {
-            Some(c) => b.build_and(c, inside, "vis").map_err(llvm_err)?,
-            None => inside,
-        });
-    }
-    Ok(cond)
 }
 
 pub fn emit_kv_append(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {

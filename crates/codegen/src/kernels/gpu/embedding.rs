@@ -35,8 +35,9 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> R
     Ok(Launch::new(BLOCK, 1))
 }
 
-/// Element `j` of a packed row (llama.cpp's Q8_0/Q4_0 block layouts, see `crate::pack`).
-fn element<'ctx>(
+/// Element `j` of a packed row (llama.cpp's Q8_0/Q4_0 block layouts, see `crate::pack`); also
+/// the matmul's scalar tail.
+pub(super) fn element<'ctx>(
     cx: &KernelCx<'ctx>,
     format: WeightFormat,
     row: PointerValue<'ctx>,

@@ -255,10 +255,7 @@ pub fn threadfence(cx: &KernelCx<'_>) -> Result<()> {
         cx.builder.build_fence(inkwell::AtomicOrdering::SequentiallyConsistent, false, "").map_err(llvm_err)?;
         return Ok(());
     }
-    let f = inkwell::intrinsics::Intrinsic::find("llvm.nvvm.membar.gl")
-        .and_then(|i| i.get_declaration(&cx.module, &[]))
-        .ok_or_else(|| llvm_err("no llvm.nvvm.membar.gl"))?;
-    cx.builder.build_call(f, &[], "").map_err(llvm_err)?;
+    cx.intrinsic_call("llvm.nvvm.membar.gl", &[], &[])?;
     Ok(())
 }
 
@@ -268,10 +265,7 @@ pub fn barrier(cx: &KernelCx<'_>) -> Result<()> {
         sim_call(cx, Hook::Barrier, &[])?;
         return Ok(());
     }
-    let f = inkwell::intrinsics::Intrinsic::find("llvm.nvvm.barrier0")
-        .and_then(|i| i.get_declaration(&cx.module, &[]))
-        .ok_or_else(|| llvm_err("no llvm.nvvm.barrier0"))?;
-    cx.builder.build_call(f, &[], "").map_err(llvm_err)?;
+    cx.intrinsic_call("llvm.nvvm.barrier0", &[], &[])?;
     Ok(())
 }
 

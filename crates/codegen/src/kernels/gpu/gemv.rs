@@ -174,7 +174,7 @@ fn rows_pass<'ctx>(
         let start = b.build_int_add(lane, cx.c64(tail_start), "t0").map_err(llvm_err)?;
         let init: Vec<BasicValueEnum> = sums.iter().map(|&v| v.into()).collect();
         let out = cx.for_range_acc(start, cx.c64(s.k as i64), 32, &init, |kk, accs| {
-            let wv = dequant_one(cx, s.format, wrow, kk)?;
+            let wv = super::embedding::element(cx, s.format, wrow, kk)?;
             let mut next = Vec::with_capacity(rows);
             for (r, acc) in accs.iter().enumerate() {
                 let av = cx.load_f32(a, b.build_int_add(row_base[r], kk, "at").map_err(llvm_err)?)?;
@@ -305,30 +305,6 @@ fn dequant_group<'ctx>(
             let d = cx.splat(scale, n)?;
             b.build_float_mul(qf, d, "deq").map_err(llvm_err)
         }
-    }
-}
-
-/// Element `kk` of an unquantized weight row.
-fn dequant_one<'ctx>(
-    cx: &KernelCx<'ctx>,
-    format: WeightFormat,
-    wrow: PointerValue<'ctx>,
-    kk: IntValue<'ctx>,
-) -> Result<FloatValue<'ctx>> {
-    let b = &cx.builder;
-    match format {
-        WeightFormat::F32 => cx.load_f32(wrow, kk),
-        WeightFormat::Bf16 => {
-            let raw = cx.load(cx.context.i16_type().into(), wrow, kk, 2)?.into_int_value();
-            let wide = b.build_int_z_extend(raw, cx.i32(), "z").map_err(llvm_err)?;
-            let sh = b.build_left_shift(wide, cx.i32().const_int(16, false), "sh").map_err(llvm_err)?;
-            Ok(b.build_bit_cast(sh, cx.f32(), "bf").map_err(llvm_err)?.into_float_value())
-        }
-        WeightFormat::F16 => {
-            let h = cx.load(cx.context.f16_type().into(), wrow, kk, 2)?.into_float_value();
-            b.build_float_ext(h, cx.f32(), "h").map_err(llvm_err)
-        }
-        _ => Err(llvm_err("quantized rows are whole blocks")),
     }
 }
 

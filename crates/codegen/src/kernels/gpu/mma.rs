@@ -220,10 +220,7 @@ fn mma<'ctx>(
     args.push(b0.into());
     args.push(b1.into());
     args.extend(c.iter().map(|&v| BasicMetadataValueEnum::from(v)));
-    let f = inkwell::intrinsics::Intrinsic::find("llvm.nvvm.mma.m16n8k16.row.col.bf16")
-        .and_then(|i| i.get_declaration(&cx.module, &[]))
-        .ok_or_else(|| llvm_err("no llvm.nvvm.mma.m16n8k16.row.col.bf16"))?;
-    let call = cx.builder.build_call(f, &args, "mma").map_err(llvm_err)?;
+    let call = cx.intrinsic_call("llvm.nvvm.mma.m16n8k16.row.col.bf16", &[], &args)?;
     let inkwell::values::ValueKind::Basic(v) = call.try_as_basic_value() else {
         return Err(llvm_err("mma returned nothing"));
     };

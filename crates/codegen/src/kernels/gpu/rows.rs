@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::kernels::builder::{llvm_err, KernelCx};
 use crate::kernels::elementwise::compile;
 use crate::kernels::elementwise::vmath::VecOps;
+use crate::kernels::norm::inv_std;
 use crate::kernels::spec::{Broadcast, KernelSpec, ReduceOp};
 use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
 use kiln_ir::op::expr::Expr;
@@ -119,14 +120,6 @@ fn fold<'ctx>(
 
 fn row_start<'ctx>(cx: &KernelCx<'ctx>, row: IntValue<'ctx>, cols: usize) -> Result<IntValue<'ctx>> {
     cx.builder.build_int_mul(row, cx.c64(cols as i64), "start").map_err(llvm_err)
-}
-
-fn inv_std<'ctx>(cx: &KernelCx<'ctx>, sum: FloatValue<'ctx>, cols: usize, eps: f32) -> Result<FloatValue<'ctx>> {
-    let b = &cx.builder;
-    let mean = b.build_float_div(sum, cx.cf(cols as f32), "ms").map_err(llvm_err)?;
-    let var = b.build_float_add(mean, cx.cf(eps), "ve").map_err(llvm_err)?;
-    let sd = cx.intrinsic("llvm.sqrt", &[cx.f32().into()], &[var.into()])?.into_float_value();
-    b.build_float_div(cx.cf(1.0), sd, "inv").map_err(llvm_err)
 }
 
 fn mul<'ctx>(cx: &KernelCx<'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Result<FloatValue<'ctx>> {
