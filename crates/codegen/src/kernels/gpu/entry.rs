@@ -221,7 +221,7 @@ pub fn shuffle_idx<'ctx>(cx: &KernelCx<'ctx>, v: FloatValue<'ctx>, src: IntValue
 }
 
 /// The simulator's `mma.sync.m16n8k16` (bf16 → f32): `c` goes in and out through a stack slot
-/// made in the function's entry block (one per function, reused by every call).
+/// made in the function's entry block (so a call inside a loop does not grow the stack).
 pub fn sim_mma<'ctx>(
     cx: &KernelCx<'ctx>,
     a: &[IntValue<'ctx>],
