@@ -97,6 +97,11 @@ fn matmul_and_embedding() {
             (37, 8, 32, true),
             (129, 16, 32, false),
         ] {
+            // Many rows take the tensor-core path with bf16 weights; for the other formats it is
+            // the same GEMV as a few rows (and slow to simulate).
+            if m > 16 && format != WeightFormat::Bf16 {
+                continue;
+            }
             let w = r.vec(n * k, -1.0, 1.0);
             cases.push(Case {
                 what: format!("matmul {} m{m} n{n} k{k}", format.name()),
