@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use kiln_codegen::artifact::{compile, CompileOptions};
+use kiln_codegen::artifact::{compile, CompileOptions, KernelTarget};
 use kiln_codegen::kernels::WeightFormat;
 use kiln_ir::interp::Overlay;
 use kiln_models::{Logits, LowerOptions};
@@ -50,26 +50,25 @@ pub struct CompileArgs {
     pub passes: crate::commands::opt::PassArgs,
 }
 
-/// The SM of `--target cuda[:sm_NN]`, or None for `--target cpu`.
-fn cuda_sm(target: &str) -> Result<Option<u32>> {
+/// The kernels `--target` asks for.
+fn kernel_target(target: &str) -> Result<KernelTarget> {
     let supported = kiln_codegen::SUPPORTED_SMS.iter().map(|s| format!("sm_{s}")).collect::<Vec<_>>().join(", ");
-    match target {
-        "cpu" | "cuda-sim" => Ok(None),
-        "cuda" => Ok(Some(match kiln_runtime::cuda_available() {
+    let sm = match target {
+        "cpu" => return Ok(KernelTarget::Cpu),
+        "cuda-sim" => return Ok(KernelTarget::CudaSim),
+        "cuda" => match kiln_runtime::cuda_available() {
             Ok(info) => info.devices.first().map_or(80, |d| d.sm()),
             Err(_) => 80,
-        })),
-        t => {
-            let sm = t
-                .strip_prefix("cuda:sm_")
-                .and_then(|n| n.parse::<u32>().ok())
-                .filter(|n| kiln_codegen::SUPPORTED_SMS.contains(n))
-                .ok_or_else(|| {
-                    anyhow!("--target '{t}' is not cpu, cuda, cuda:SM with SM one of {supported}, or cuda-sim")
-                })?;
-            Ok(Some(sm))
-        }
-    }
+        },
+        t => t
+            .strip_prefix("cuda:sm_")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| kiln_codegen::SUPPORTED_SMS.contains(n))
+            .ok_or_else(|| {
+                anyhow!("--target '{t}' is not cpu, cuda, cuda:SM with SM one of {supported}, or cuda-sim")
+            })?,
+    };
+    Ok(KernelTarget::Cuda { sm })
 }
 
 pub fn run(args: CompileArgs) -> Result<()> {
@@ -126,8 +125,7 @@ pub fn run(args: CompileArgs) -> Result<()> {
         pipeline: pipeline.clone(),
         extra_files: extra,
         target_cpu: args.target_cpu.clone(),
-        cuda_sm: cuda_sm(&args.target)?,
-        cuda_sim: args.target == "cuda-sim",
+        kernels: kernel_target(&args.target)?,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(100));

@@ -130,8 +130,7 @@ pub fn compile_for_test(
         pipeline: spec.pipeline.into(),
         extra_files: vec![],
         target_cpu: "native".into(),
-        cuda_sm: None,
-        cuda_sim: false,
+        kernels: kiln_codegen::artifact::KernelTarget::Cpu,
     };
     kiln_codegen::artifact::compile(graph, weights, model, &opts, out, &mut |_| {}).unwrap();
 }

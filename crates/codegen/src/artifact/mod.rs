@@ -43,13 +43,23 @@ pub struct CompileOptions {
     pub pipeline: String,
     /// Files to copy next to the manifest (tokenizer.json, tokenizer_config.json).
     pub extra_files: Vec<PathBuf>,
-    /// The CPU to generate code for: `native` (this machine) or an x86-64 level (`x86-64-v3`).
+    /// The CPU to generate code for (CPU and simulated-CUDA kernels): `native` (this machine) or
+    /// an x86-64 level (`x86-64-v3`).
     pub target_cpu: String,
-    /// Generate PTX for this NVIDIA SM (`80`, `90`) instead of CPU code.
-    pub cuda_sm: Option<u32>,
-    /// Generate the CUDA kernels for the host's SIMT simulator (`kiln_runtime::simt`) instead:
-    /// a CPU artifact that runs the GPU kernels' logic, slowly (testing and debugging).
-    pub cuda_sim: bool,
+    /// What kind of kernels to generate.
+    pub kernels: KernelTarget,
+}
+
+/// What the kernels of an artifact run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTarget {
+    /// CPU code for `target_cpu` (`kernels.so`).
+    Cpu,
+    /// PTX for this NVIDIA SM (`80`, `90`), in `kernels.ptx`.
+    Cuda { sm: u32 },
+    /// The CUDA kernels compiled for the host's SIMT simulator (`kiln_runtime::simt`): a CPU
+    /// artifact that runs the GPU kernels' logic, slowly (testing and debugging).
+    CudaSim,
 }
 
 /// The generated kernels, as the target wants them.
@@ -147,18 +157,18 @@ pub fn compile(
     let with_arity = || -> Result<Vec<_>> {
         Ok(plan.kernels.iter().zip(arities(&plan)?).map(|((n, s), a)| (n.clone(), s.clone(), a)).collect())
     };
-    let (target, kernels) = match opts.cuda_sm {
-        _ if opts.cuda_sim => {
+    let (target, kernels) = match opts.kernels {
+        KernelTarget::CudaSim => {
             let target = cpu_machine(&opts.target_cpu)?;
             let (object, launches) = crate::kernels::gpu::sim::compile_sim(&with_arity()?, &target)?;
             (target, Kernels::Sim(object, launches))
         }
-        Some(sm) => {
+        KernelTarget::Cuda { sm } => {
             let target = nvptx_target(sm)?;
             let (ptx, launches) = compile_ptx(&with_arity()?, &target)?;
             (target, Kernels::Ptx(ptx, launches))
         }
-        None => {
+        KernelTarget::Cpu => {
             let target = cpu_machine(&opts.target_cpu)?;
             let object = compile_kernels(&plan.kernels, &target)?;
             (target, Kernels::Object(object))

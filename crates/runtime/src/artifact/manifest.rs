@@ -167,7 +167,8 @@ fn is_zero(v: &u32) -> bool {
 }
 
 impl Launch {
-    /// One task per `block`-thread block... or `tasks_per_block` per block: the simple geometry.
+    /// `tasks_per_block` tasks per block of `block` threads: no shared memory, no block
+    /// synchronization, no split-K.
     pub fn new(block: u32, tasks_per_block: u32) -> Launch {
         Launch { block, tasks_per_block, shared_bytes: 0, block_sync: false, blocks_per_task: 1, scratch_per_task: 0 }
     }
