@@ -5,7 +5,7 @@
 
 use half::{bf16, f16};
 use kiln_codegen::kernels::matmul::COLS_PER_TASK;
-use kiln_codegen::kernels::testing::{build, ptr};
+use kiln_codegen::kernels::testing::{build, build_with_lanes, ptr, TestLib};
 use kiln_codegen::kernels::{KernelCx, KernelSpec, WeightFormat};
 use kiln_codegen::pack::{pack, unpack};
 use kiln_ir::interp::testing::SplitMix64;
@@ -33,70 +33,11 @@ fn reference(a: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: 
     (out, mag)
 }
 
-/// Kernels compiled for the host with a chosen vector width, so the AVX2 (8 lanes) and SSE (4
-/// lanes) code paths are tested on an AVX-512 machine too.
-struct LanesLib {
-    lib: libloading::Library,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for LanesLib {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn build_with_lanes(kernels: &[(&str, KernelSpec)], lanes: u32) -> LanesLib {
-    let target = kiln_codegen::host_machine().unwrap();
-    let context = kiln_codegen::inkwell::context::Context::create();
-    let cx = KernelCx::new(&context, "lanes", lanes);
-    for (name, spec) in kernels {
-        kiln_codegen::kernels::emit_kernel(&cx, name, spec).unwrap();
-    }
-    kiln_codegen::optimize(&cx.module, &target, kiln_codegen::DEFAULT_PIPELINE).unwrap();
-    let object = kiln_codegen::emit_object(&cx.module, &target).unwrap();
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("kiln-matmul-lanes-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let so = dir.join("k.so");
-    kiln_codegen::link::link_shared(&object, &so).unwrap();
-    // SAFETY: freshly linked kernels without initializers.
-    LanesLib { lib: unsafe { libloading::Library::new(&so) }.unwrap(), dir }
-}
-
-/// A loaded kernel library: the harness's, or one built with a chosen vector width.
-enum Lib {
-    Host(kiln_codegen::kernels::testing::TestLib),
-    Lanes(LanesLib),
-}
-
-impl Lib {
-    fn new(kernels: &[(&str, KernelSpec)], lanes: Option<u32>) -> Lib {
-        match lanes {
-            None => Lib::Host(build(kernels).unwrap()),
-            Some(lanes) => Lib::Lanes(build_with_lanes(kernels, lanes)),
-        }
-    }
-
-    /// Runs tasks `0..tasks` in `splits` ranges, last range first.
-    ///
-    /// # Safety
-    /// As [`kiln_codegen::kernels::testing::TestLib::call`].
-    unsafe fn call(&self, name: &str, dims: &[i64], bufs: &[*mut u8], tasks: i64, splits: i64) {
-        type KernelFnPtr = unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64);
-        match self {
-            Lib::Host(lib) => lib.call(name, dims, bufs, tasks, splits),
-            Lib::Lanes(lib) => {
-                let f: libloading::Symbol<KernelFnPtr> = lib.lib.get(name.as_bytes()).unwrap();
-                let splits = splits.clamp(1, tasks.max(1));
-                let per = (tasks + splits - 1) / splits;
-                let starts: Vec<i64> = (0..tasks).step_by(per.max(1) as usize).collect();
-                for &b in starts.iter().rev() {
-                    f(dims.as_ptr(), bufs.as_ptr(), b, (b + per).min(tasks));
-                }
-            }
-        }
+/// A kernel library with the host's vector width, or a chosen one.
+fn build_lib(kernels: &[(&str, KernelSpec)], lanes: Option<u32>) -> TestLib {
+    match lanes {
+        None => build(kernels).unwrap(),
+        Some(lanes) => build_with_lanes(kernels, lanes).unwrap(),
     }
 }
 
@@ -121,7 +62,7 @@ impl Case {
 
 /// Compiles one matmul kernel (at `lanes`, or the host's vector width) and checks it.
 fn check_matmul_lanes(case: Case, lanes: Option<u32>) {
-    let lib = Lib::new(&[("mm", case.spec())], lanes);
+    let lib = build_lib(&[("mm", case.spec())], lanes);
     check_matmul_in(&lib, "mm", case);
 }
 
@@ -131,7 +72,7 @@ fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, 
 
 /// Runs kernel `name` of `lib` (compiled from `case.spec()`) for every task split and checks it
 /// against the reference.
-fn check_matmul_in(lib: &Lib, name: &str, case: Case) {
+fn check_matmul_in(lib: &TestLib, name: &str, case: Case) {
     let Case { format, m, n, k, bias, cols_per_task, seed } = case;
     let mut rng = SplitMix64::new(seed);
     let a = rng.vec(m * k, -1.0, 1.0);
@@ -182,7 +123,7 @@ fn matmul_matches_reference_for_every_format_and_shape() {
             }
         }
         let specs: Vec<(&str, KernelSpec)> = cases.iter().map(|(name, case)| (name.as_str(), case.spec())).collect();
-        let lib = Lib::new(&specs, None);
+        let lib = build_lib(&specs, None);
         for (name, case) in &cases {
             for m in [1, 3, 17] {
                 seed += 1;
@@ -269,7 +210,7 @@ fn embedding_matches_unpacked_rows_and_zeros_bad_ids() {
                 let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim, -1.0, 1.0)).unwrap();
                 let rows = unpack(format, vocab, dim, &table).unwrap();
                 let spec = KernelSpec::Embedding { format, vocab, dim };
-                let lib = Lib::new(&[("emb", spec)], *lanes);
+                let lib = build_lib(&[("emb", spec)], *lanes);
                 let mut ids: Vec<i32> = vec![0, 36, 5, -1, 37, 5, i32::MAX, i32::MIN, 12];
                 for splits in [1, 3, 7] {
                     let mut out = vec![f32::NAN; ids.len() * dim];

@@ -10,34 +10,62 @@ use std::path::PathBuf;
 
 type KernelFnPtr = unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64);
 
-/// A loaded library of test kernels; the files are removed on drop.
-pub struct TestLib {
-    lib: libloading::Library,
+/// An object file linked into a shared library in a private temporary folder and loaded; the
+/// folder is removed on drop.
+pub struct TempLib {
+    pub lib: libloading::Library,
     dir: PathBuf,
 }
 
-impl Drop for TestLib {
+impl Drop for TempLib {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+impl TempLib {
+    /// Links `object` (for the host) and loads it; `tag` names the folder.
+    pub fn link(object: &[u8], tag: &str) -> Result<TempLib> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kiln-{tag}-{}-{n}", std::process::id()));
+        let err = |p: &std::path::Path, e: &dyn std::fmt::Display| CodegenError::Artifact {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, &e))?;
+        let so = dir.join("kernels.so");
+        crate::link::link_shared(object, &so)?;
+        // SAFETY: the library is ours, freshly linked, with no initializers.
+        let lib = unsafe { libloading::Library::new(&so) }.map_err(|e| err(&so, &e))?;
+        Ok(TempLib { lib, dir })
+    }
+}
+
+/// A loaded library of test kernels.
+pub struct TestLib {
+    lib: TempLib,
+}
+
 /// Compiles `kernels` for the host and loads them.
 pub fn build(kernels: &[(&str, KernelSpec)]) -> Result<TestLib> {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let owned: Vec<(String, KernelSpec)> = kernels.iter().map(|(n, s)| (n.to_string(), s.clone())).collect();
+    let object = compile_kernels(&owned, &host_machine()?)?;
+    Ok(TestLib { lib: TempLib::link(&object, "kernel-test")? })
+}
+
+/// [`build`] with vectors of `lanes` f32 instead of the host's widest, so the AVX2 (8 lanes) and
+/// SSE (4 lanes) code paths are tested on an AVX-512 machine too.
+pub fn build_with_lanes(kernels: &[(&str, KernelSpec)], lanes: u32) -> Result<TestLib> {
     let target = host_machine()?;
-    let object = compile_kernels(&owned, &target)?;
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("kiln-kernel-test-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CodegenError::Artifact { path: dir.display().to_string(), message: e.to_string() })?;
-    let so = dir.join("kernels.so");
-    crate::link::link_shared(&object, &so)?;
-    // SAFETY: the library is ours, freshly linked, with no initializers.
-    let lib = unsafe { libloading::Library::new(&so) }
-        .map_err(|e| CodegenError::Artifact { path: so.display().to_string(), message: e.to_string() })?;
-    Ok(TestLib { lib, dir })
+    let context = inkwell::context::Context::create();
+    let cx = super::builder::KernelCx::new(&context, "lanes", lanes);
+    for (name, spec) in kernels {
+        super::emit::emit_kernel(&cx, name, spec)?;
+    }
+    crate::emit::optimize(&cx.module, &target, crate::emit::DEFAULT_PIPELINE)?;
+    let object = crate::emit::emit_object(&cx.module, &target)?;
+    Ok(TestLib { lib: TempLib::link(&object, "kernel-test-lanes")? })
 }
 
 impl TestLib {
@@ -47,7 +75,7 @@ impl TestLib {
     /// # Safety
     /// `bufs` must point to buffers of the sizes the kernel's contract implies for `dims`.
     pub unsafe fn call(&self, name: &str, dims: &[i64], bufs: &[*mut u8], tasks: i64, splits: i64) {
-        let f: libloading::Symbol<KernelFnPtr> = self.lib.get(name.as_bytes()).expect("kernel symbol");
+        let f: libloading::Symbol<KernelFnPtr> = self.lib.lib.get(name.as_bytes()).expect("kernel symbol");
         let splits = splits.clamp(1, tasks.max(1));
         let per = (tasks + splits - 1) / splits.max(1);
         let mut ranges = Vec::new();
