@@ -243,20 +243,11 @@ fn logits_of_a_cpu_artifact_match_the_interpreter() {
     };
     let (a, b) = (run(&[s(&art)]), run(&[s(&m), "--interp"]));
     assert_eq!(a["tokens"], b["tokens"], "greedy choices differ");
-    let rows = |v: &Value| -> Vec<Vec<f64>> {
-        v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
-            .collect()
-    };
-    let (ra, rb) = (rows(&a), rows(&b));
+    let (ra, rb) = (support::logits_rows(&a), support::logits_rows(&b));
     assert_eq!(ra.len(), 4);
     for (x, y) in ra.iter().zip(&rb) {
-        let num: f64 = x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt();
-        let den: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
-        assert!(num / den < 1e-4, "relative L2 {}", num / den);
+        let e = support::rel_l2(x, y);
+        assert!(e < 1e-4, "relative L2 {e}");
     }
     assert_eq!(a["rows"][0]["position"], 4);
     assert_eq!(a["rows"][3]["position"], 7);

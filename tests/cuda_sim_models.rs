@@ -22,14 +22,6 @@ fn logits(art: &Path) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
-fn rel_l2(a: &Value, b: &Value) -> f64 {
-    let v = |x: &Value| -> Vec<f64> { x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap()).collect() };
-    let (a, b) = (v(a), v(b));
-    let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
-    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den
-}
-
 #[test]
 fn simulated_cuda_artifacts_match_the_cpu() {
     let t = TempDir::new("cuda-sim");
@@ -65,9 +57,11 @@ fn simulated_cuda_artifacts_match_the_cpu() {
         );
         let (a, b) = (logits(&sim), logits(&cpu));
         assert_eq!(a["tokens"], b["tokens"], "{arch} {weights}: greedy tokens differ");
-        for (ra, rb) in a["rows"].as_array().unwrap().iter().zip(b["rows"].as_array().unwrap()) {
-            let e = rel_l2(&ra["logits"], &rb["logits"]);
-            assert!(e < 1e-5, "{arch} {weights} at position {}: relative L2 {e:.2e}", ra["position"]);
+        let (ra, rb) = (support::logits_rows(&a), support::logits_rows(&b));
+        assert_eq!(ra.len(), rb.len(), "{arch} {weights}: rows");
+        for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
+            let e = support::rel_l2(x, y);
+            assert!(e < 1e-5, "{arch} {weights} at position {}: relative L2 {e:.2e}", a["rows"][i]["position"]);
         }
     }
 }

@@ -79,6 +79,16 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
+/// The logits rows of a `kiln logits` JSON report, in order.
+pub fn logits_rows(report: &serde_json::Value) -> Vec<Vec<f32>> {
+    report["rows"]
+        .as_array()
+        .expect("a logits report")
+        .iter()
+        .map(|r| r["logits"].as_array().expect("logits").iter().map(|x| x.as_f64().expect("a number") as f32).collect())
+        .collect()
+}
+
 pub fn argmax(xs: &[f32]) -> usize {
     kiln_runtime::sampler::argmax(xs)
 }

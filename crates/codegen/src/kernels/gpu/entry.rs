@@ -14,7 +14,6 @@ use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue, IntValu
 
 /// An entry being emitted: its parameters, and pointers to local copies in the CPU ABI's layout.
 pub struct Entry<'ctx> {
-    pub function: FunctionValue<'ctx>,
     pub tasks: IntValue<'ctx>,
     pub dims: Vec<IntValue<'ctx>>,
     pub bufs: Vec<PointerValue<'ctx>>,
@@ -50,7 +49,7 @@ pub fn begin<'ctx>(cx: &KernelCx<'ctx>, name: &str, ndims: usize, nbufs: usize, 
     for (i, q) in bufs.iter().enumerate() {
         cx.store(cx.ptr().into(), bufs_ptr, cx.c64(i as i64), *q, 8)?;
     }
-    Ok(Entry { function, tasks, dims, bufs, dims_ptr, bufs_ptr })
+    Ok(Entry { tasks, dims, bufs, dims_ptr, bufs_ptr })
 }
 
 /// `void {name}__sim(const i64* params)`: calls the entry with `params` unpacked (tasks, dims,
