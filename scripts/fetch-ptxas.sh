@@ -32,26 +32,8 @@ mkdir -p "$dest_dir"
 tmp="$(mktemp -d "$dest_dir/.fetch.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-if [[ -n "${KILN_NVCC_WHEEL:-}" ]]; then
-    log "ptxas: using local wheel $KILN_NVCC_WHEEL"
-    cp "$KILN_NVCC_WHEEL" "$tmp/$WHEEL_FILE"
-else
-    log "ptxas: downloading $WHEEL_REQ from PyPI (40 MB)"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: \
-        --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 \
-        --disable-pip-version-check --no-input -d "$tmp" "$WHEEL_REQ"
-fi
-wheel="$tmp/$WHEEL_FILE"
-[[ -f "$wheel" ]] || die "pip did not produce $WHEEL_FILE (got: $(ls "$tmp"))"
-got="$(sha256_of "$wheel")"
-[[ "$got" == "$WHEEL_SHA256" ]] || die "$WHEEL_FILE: sha256 $got, expected $WHEEL_SHA256"
-
-python3 - "$wheel" "$MEMBER" "$tmp/ptxas" <<'PY'
-import shutil, sys, zipfile
-wheel, member, out = sys.argv[1:]
-with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
+wheel_member ptxas "$WHEEL_REQ" "$WHEEL_FILE" "$WHEEL_SHA256" "$MEMBER" "$tmp/ptxas" \
+    "${KILN_NVCC_WHEEL:-}" --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64
 chmod +x "$tmp/ptxas"
 "$tmp/ptxas" --version >/dev/null || die "the extracted ptxas does not run"
 mv "$tmp/ptxas" "$dest"
