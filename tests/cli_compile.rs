@@ -112,6 +112,10 @@ fn failed_compiles_leave_nothing_behind() {
     let out = t.join("x.kiln");
     fails_with(kiln(&["compile", s(&m), "-o", s(&out), "--weights", "q3"]), &["--weights", "q3"]);
     fails_with(kiln(&["compile", s(&m), "-o", s(&out), "--passes", "nosuch"]), &["nosuch"]);
+    fails_with(
+        kiln(&["compile", s(&m), "-o", s(&out), "--prefill-activations", "int4"]),
+        &["--prefill-activations", "int4"],
+    );
     // Corrupt one weight tensor's declared shape so loading fails midway.
     let cfg = m.join("config.json");
     let text =
@@ -152,4 +156,40 @@ fn portable_artifacts_for_x86_64_levels() {
         kiln(&["compile", s(&m), "-o", s(&t.join("x.kiln")), "--target-cpu", "pentium9"]),
         &["pentium9", "x86-64-v3"],
     );
+}
+
+/// Int8-activation prefill (`matmul_i8` + `quantize_rows`) is planned for Q8_0/Q4_0 weights where
+/// the target CPU has AVX512-VNNI, and not with `--prefill-activations f32`, without VNNI, or for
+/// f32 weights; the artifact's greedy text stays that of the exact one on this model.
+#[test]
+fn int8_prefill_is_planned_where_the_cpu_has_vnni() {
+    let t = TempDir::new("compile-int8");
+    let m = t.join("m");
+    ok(kiln(&["gen-model", "--arch", "llama", "--seed", "3", "-o", s(&m)]));
+    let kinds = |art: &Path| -> Vec<String> {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(art.join("manifest.json")).unwrap()).unwrap();
+        v["kernels"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap().to_string()).collect()
+    };
+    let host = kiln_codegen::host_target().unwrap();
+    let vnni = host.has_feature("avx512vnni") && host.has_feature("avx512f");
+    let compile = |name: &str, extra: &[&str]| {
+        let art = t.join(name);
+        ok(kiln(&[&["compile", s(&m), "-o", s(&art)][..], extra].concat()));
+        kinds(&art)
+    };
+    let int8 = compile("q4.kiln", &["--weights", "q4_0"]);
+    assert_eq!(int8.iter().any(|k| k == "matmul_i8"), vnni, "{int8:?}");
+    assert_eq!(int8.iter().any(|k| k == "quantize_rows"), vnni, "{int8:?}");
+    for (name, extra) in [
+        ("exact.kiln", &["--weights", "q4_0", "--prefill-activations", "f32"][..]),
+        ("v3.kiln", &["--weights", "q4_0", "--target-cpu", "x86-64-v3"][..]),
+        ("f32.kiln", &[][..]),
+    ] {
+        let k = compile(name, extra);
+        assert!(!k.iter().any(|k| k == "matmul_i8" || k == "quantize_rows"), "{name}: {k:?}");
+    }
+    let prompt = ["--prompt", "the quick brown fox jumps over", "--max-tokens", "6"];
+    let (a, _) = ok(kiln(&[&["run", s(&t.join("q4.kiln"))][..], &prompt[..]].concat()));
+    let (b, _) = ok(kiln(&[&["run", s(&t.join("exact.kiln"))][..], &prompt[..]].concat()));
+    assert_eq!(a, b, "int8-prefill and exact q4_0 artifacts' greedy text differ");
 }

@@ -25,7 +25,7 @@ fn build(t: &TempDir, dir: &Path, pipeline: &str, format: WeightFormat) -> PathB
     let report = pm.run_with_weights(&mut g, Some(&ckpt), &mut std::io::sink()).unwrap();
     let out = t.join("a.kiln");
     let weights = Overlay { derived: &report.derived, base: &ckpt };
-    let spec = TestArtifact { format, pipeline, max_tokens: 16, max_context: 128 };
+    let spec = TestArtifact { format, pipeline, max_tokens: 16, max_context: 128, int8_prefill: true };
     support::compile_for_test(&g, &weights, ckpt.spec.vocab_size, &spec, &out);
     out
 }

@@ -47,7 +47,7 @@ fn planned(opts: &SynthOptions, pipeline: &str, tweak: impl FnOnce(&mut Graph)) 
     tweak(&mut g);
     let weights = Overlay { derived: &report.derived, base: &ckpt };
     let interp = Interpreter::new(&g, &weights).unwrap();
-    let p = plan(&g, &interp, PlanOptions { weights: WeightFormat::F32 }).unwrap();
+    let p = plan(&g, &interp, PlanOptions { weights: WeightFormat::F32, int8_prefill: false }).unwrap();
     (g, p)
 }
 
@@ -371,8 +371,13 @@ fn compiled_artifact_records_moe_layers_and_guesses_change_nothing() {
     let report = pm.run_with_weights(&mut g, Some(&ckpt), &mut std::io::sink()).unwrap();
     let weights = Overlay { derived: &report.derived, base: &ckpt };
     let out = t.join("mx.kiln");
-    let spec =
-        support::TestArtifact { format: WeightFormat::F32, pipeline: "moe-dispatch", max_tokens: 32, max_context: 64 };
+    let spec = support::TestArtifact {
+        format: WeightFormat::F32,
+        pipeline: "moe-dispatch",
+        max_tokens: 32,
+        max_context: 64,
+        int8_prefill: false,
+    };
     support::compile_for_test(&g, &weights, ckpt.spec.vocab_size, &spec, &out);
     let text = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     let m: kiln_runtime::artifact::manifest::Manifest = serde_json::from_str(&text).unwrap();

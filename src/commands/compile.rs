@@ -44,6 +44,12 @@ pub struct CompileArgs {
     /// checking the GPU kernels without a GPU).
     #[arg(long, default_value = "cpu")]
     pub target: String,
+    /// How prefill multiplies Q8_0/Q4_0 weights: `int8` (default: activations quantized to 8 bits
+    /// per block of 32 and multiplied with AVX512-VNNI integer dot products, as llama.cpp does;
+    /// used where the target CPU has AVX512-VNNI) or `f32` (exact activations, slower). Decoding
+    /// always uses f32 activations.
+    #[arg(long, default_value = "int8")]
+    pub prefill_activations: String,
     /// The pass pipeline (default: -O2 without merge-projections, see CPU_DEFAULT_PIPELINE;
     /// `moe-dispatch` is appended when the model has MoE layers), and --json for the report.
     #[command(flatten)]
@@ -126,6 +132,11 @@ pub fn run(args: CompileArgs) -> Result<()> {
         extra_files: extra,
         target_cpu: args.target_cpu.clone(),
         kernels: kernel_target(&args.target)?,
+        int8_prefill: match args.prefill_activations.as_str() {
+            "int8" => true,
+            "f32" => false,
+            other => bail!("--prefill-activations '{other}' is not int8 or f32"),
+        },
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(100));

@@ -116,6 +116,8 @@ pub struct TestArtifact<'a> {
     pub pipeline: &'a str,
     pub max_tokens: usize,
     pub max_context: usize,
+    /// Int8-activation prefill for Q8_0/Q4_0 weights (`CompileOptions::int8_prefill`).
+    pub int8_prefill: bool,
 }
 
 /// Compiles `graph` (its weights from `weights`) into an artifact at `out` for this CPU.
@@ -141,6 +143,7 @@ pub fn compile_for_test(
         extra_files: vec![],
         target_cpu: "native".into(),
         kernels: kiln_codegen::artifact::KernelTarget::Cpu,
+        int8_prefill: spec.int8_prefill,
     };
     kiln_codegen::artifact::compile(graph, weights, model, &opts, out, &mut |_| {}).unwrap();
 }

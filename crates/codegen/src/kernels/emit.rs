@@ -22,7 +22,10 @@ pub fn target_lanes(target: &TargetInfo) -> u32 {
 /// Emits one kernel function named `name`.
 pub fn emit_kernel(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec) -> Result<()> {
     match spec {
-        KernelSpec::Matmul { .. } | KernelSpec::Embedding { .. } => matmul::emit(cx, name, spec),
+        KernelSpec::Matmul { .. }
+        | KernelSpec::MatmulI8 { .. }
+        | KernelSpec::QuantizeRows { .. }
+        | KernelSpec::Embedding { .. } => matmul::emit(cx, name, spec),
         KernelSpec::Rope { .. } | KernelSpec::KvAppend { .. } | KernelSpec::Attention { .. } => {
             attention::emit(cx, name, spec)
         }

@@ -4,18 +4,24 @@
 //!
 //! - [`decode`]: reading f32/bf16/f16/Q8_0/Q4_0 weights as f32 vectors, dequantized in registers;
 //! - [`gemm`]: the matmul kernel (register tiles of rows × weight rows, f32 accumulation);
+//! - [`int8`]: `matmul_i8`'s prefill, int8 activations ([`quantize`]) times Q8_0/Q4_0 weights
+//!   with AVX512-VNNI integer dot products;
 //! - [`embedding`]: table row lookups.
 
 mod decode;
 mod embedding;
 mod gemm;
+mod int8;
 mod ir;
+mod quantize;
 
 use super::builder::{llvm_err, KernelCx};
 use super::spec::KernelSpec;
 use crate::error::Result;
 
-pub use gemm::{COL_BLOCK, ROW_BLOCK};
+pub use gemm::{int8_max_k, COL_BLOCK, ROW_BLOCK};
+pub use int8::COLS as INT8_COLS_PER_TASK;
+pub use quantize::{q8_row_bytes, INT8_MIN_ROWS};
 
 /// The `cols_per_task` the planner should give matmuls: output columns (weight rows) per task.
 ///
@@ -29,8 +35,12 @@ pub const COLS_PER_TASK: usize = 16;
 pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec) -> Result<()> {
     match *spec {
         KernelSpec::Matmul { format, n, k, bias, cols_per_task } => {
-            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task })
+            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task, int8: false })
         }
+        KernelSpec::MatmulI8 { format, n, k, bias, cols_per_task } => {
+            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task, int8: true })
+        }
+        KernelSpec::QuantizeRows { k } => quantize::emit(cx, name, k),
         KernelSpec::Embedding { format, vocab, dim } => embedding::emit(cx, name, format, vocab, dim),
         _ => Err(llvm_err(format!("{name}: matmul::emit cannot generate {} kernels", spec.kind()))),
     }

@@ -107,6 +107,19 @@ pub enum KernelSpec {
     /// dims `[M]`; bufs `[a, w, bias|null, out]`; tasks `ceil(N / cols_per_task)`, each task all M
     /// rows of its column block (weights are read once per call: decoding is memory-bound).
     Matmul { format: WeightFormat, n: usize, k: usize, bias: bool, cols_per_task: usize },
+    /// `matmul` over Q8_0/Q4_0 weights whose prefill (M ≥ 4) multiplies int8-quantized activations
+    /// (`a_q`, written by `quantize_rows` from `a`) with VNNI integer dot products, as llama.cpp
+    /// does; decoding (M < 4) runs the exact f32 `matmul` path on `a`. Needs AVX512-VNNI and
+    /// 16-lane vectors; `cols_per_task` must be 16 (one vector of output columns per task).
+    /// dims `[M]`; bufs `[a, w, bias|null, out, a_q]`; tasks `ceil(N / cols_per_task)`.
+    MatmulI8 { format: WeightFormat, n: usize, k: usize, bias: bool, cols_per_task: usize },
+    /// Quantizes rows of `k` f32 (k a multiple of 32) to int8 for `matmul_i8`, per block of 32:
+    /// `d = max|x| / 127`, `q = round_half_even(x / d)`. Each output row is
+    /// [`crate::kernels::matmul::q8_row_bytes`] long: the k quants (i8), then the blocks' scales
+    /// `d` (f32), then the blocks' quant sums (i32). Only done when there are at least
+    /// [`crate::kernels::matmul::INT8_MIN_ROWS`] rows (`matmul_i8` reads them only then).
+    /// dims `[rows]`; bufs `[x, out]`; tasks `rows`.
+    QuantizeRows { k: usize },
     /// `out[R,D] = table[ids[r]]` dequantized to f32, table packed `[V,D]`.
     /// dims `[R]`; bufs `[table, ids i32, out]`; tasks `R`.
     Embedding { format: WeightFormat, vocab: usize, dim: usize },
@@ -203,6 +216,8 @@ impl KernelSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             KernelSpec::Matmul { .. } => "matmul",
+            KernelSpec::MatmulI8 { .. } => "matmul_i8",
+            KernelSpec::QuantizeRows { .. } => "quantize_rows",
             KernelSpec::Embedding { .. } => "embedding",
             KernelSpec::Elementwise { .. } => "elementwise",
             KernelSpec::RmsNorm { .. } => "rms_norm",

@@ -36,6 +36,9 @@ pub use dims::{add, scale};
 pub struct PlanOptions {
     /// Storage of matmul weights and embedding tables.
     pub weights: WeightFormat,
+    /// Plan Q8_0/Q4_0 matmuls as `quantize_rows` + `matmul_i8` (int8-activation prefill; the
+    /// caller checks that the target has AVX512-VNNI).
+    pub int8_prefill: bool,
 }
 
 /// The result of planning: everything the artifact writer needs.
@@ -86,6 +89,8 @@ struct Planner<'a> {
     weights: Vec<(String, Vec<u8>)>,
     kv_slots: Vec<KvSlotSpec>,
     fallbacks: Vec<String>,
+    /// The int8 rows `quantize_rows` made of a value's buffer, shared by the matmuls that read it.
+    quantized_rows: HashMap<usize, usize>,
 }
 
 /// Plans `graph`, whose weight-only values `interp` (built on the graph with its weights) folded.
@@ -109,6 +114,7 @@ pub fn plan(graph: &Graph, interp: &Interpreter, opts: PlanOptions) -> Result<Pl
         weights: Vec::new(),
         kv_slots: Vec::new(),
         fallbacks: Vec::new(),
+        quantized_rows: HashMap::new(),
     };
     let statics: HashSet<NodeId> = order.iter().copied().filter(|&n| interp.is_static(n)).collect();
     let layers = moe::find(graph, &order, &statics, &p.labels);

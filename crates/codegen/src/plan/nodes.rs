@@ -10,7 +10,8 @@ use kiln_ir::op::rope::RopeSpec;
 use kiln_ir::{DType, NodeId, OpKind, TensorType};
 use kiln_runtime::artifact::manifest::{BufArg, DimExpr, ElemType, KvSlotSpec, Storage};
 
-use crate::kernels::matmul::COLS_PER_TASK as MATMUL_COLS_PER_TASK;
+use crate::kernels::matmul::{q8_row_bytes, COLS_PER_TASK as MATMUL_COLS_PER_TASK, INT8_COLS_PER_TASK};
+use crate::kernels::WeightFormat;
 
 /// KV-cache slots at or above this are private scratch slots of attentions without a `cache`.
 const SCRATCH_SLOT_BASE: usize = 1 << 20;
@@ -293,12 +294,43 @@ impl Planner<'_> {
             Some(&b) => buf(self.value(b)?),
             None => BufArg::Null,
         };
+        let int8 = self.opts.int8_prefill
+            && matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0)
+            && k <= crate::kernels::matmul::int8_max_k();
+        let a_q = if int8 { Some(self.quantized_rows(ops[0], a, &m, k)?) } else { None };
         let out = self.result(n)?;
-        let cols_per_task = MATMUL_COLS_PER_TASK;
-        let spec = KernelSpec::Matmul { format, n: nn, k, bias: ops.len() > 2, cols_per_task };
+        let bias_flag = ops.len() > 2;
+        let mut bufs = vec![buf(a), buf(w), bias, buf(out)];
+        let (spec, cols_per_task) = match a_q {
+            Some(q) => {
+                bufs.push(buf(q));
+                let cols_per_task = INT8_COLS_PER_TASK;
+                (KernelSpec::MatmulI8 { format, n: nn, k, bias: bias_flag, cols_per_task }, cols_per_task)
+            }
+            None => {
+                let cols_per_task = MATMUL_COLS_PER_TASK;
+                (KernelSpec::Matmul { format, n: nn, k, bias: bias_flag, cols_per_task }, cols_per_task)
+            }
+        };
         let tasks = DimExpr::c(nn.div_ceil(cols_per_task) as i64);
-        self.step(n, spec, vec![m], vec![buf(a), buf(w), bias, buf(out)], tasks);
+        self.step(n, spec, vec![m], bufs, tasks);
         Ok(())
+    }
+
+    /// The int8 rows of value `x` (buffer `x_buf`, `rows × k`) for `matmul_i8`, quantized by a
+    /// `quantize_rows` step the first time a matmul asks (q/k/v and gate/up share theirs). Keyed
+    /// by buffer, not node: a speculative router copy plans the same nodes over other buffers.
+    fn quantized_rows(&mut self, x: NodeId, x_buf: usize, rows: &DimExpr, k: usize) -> Result<usize> {
+        if let Some(&q) = self.quantized_rows.get(&x_buf) {
+            return Ok(q);
+        }
+        let label = format!("{}.q8", self.label(x).split(" =").next().unwrap_or("%"));
+        // Sized in f32 elements (the buffer planner's unit): a row is q8_row_bytes(k) = 1.25·k bytes.
+        let elems = scale(rows, (q8_row_bytes(k) / 4) as i64);
+        let q = self.buffer(&label, ElemType::F32, elems, super::Storage::Activation);
+        self.step(x, KernelSpec::QuantizeRows { k }, vec![rows.clone()], vec![buf(x_buf), buf(q)], rows.clone());
+        self.quantized_rows.insert(x_buf, q);
+        Ok(q)
     }
 
     fn attention(&mut self, n: NodeId, ops: &[NodeId]) -> Result<()> {

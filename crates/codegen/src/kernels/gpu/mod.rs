@@ -49,6 +49,7 @@ const THREADS_PER_TASK_BLOCK: u32 = 64;
 pub fn expected_arity(spec: &KernelSpec) -> Arity {
     let (dims, bufs) = match spec {
         KernelSpec::Matmul { .. } | KernelSpec::LayerNorm { .. } => (1, 4),
+        KernelSpec::MatmulI8 { .. } => (1, 5),
         KernelSpec::Embedding { .. }
         | KernelSpec::RmsNorm { .. }
         | KernelSpec::Rope { .. }
@@ -61,7 +62,8 @@ pub fn expected_arity(spec: &KernelSpec) -> Arity {
         | KernelSpec::Reduce { .. }
         | KernelSpec::TopK { .. }
         | KernelSpec::ModSelect { .. }
-        | KernelSpec::Cast { .. } => (1, 2),
+        | KernelSpec::Cast { .. }
+        | KernelSpec::QuantizeRows { .. } => (1, 2),
         KernelSpec::KvAppend { .. } | KernelSpec::Attention { .. } => (2, 6),
         KernelSpec::Copy { .. } => (9, 2),
         KernelSpec::ScatterRows { .. } => (2, 4),
@@ -85,6 +87,10 @@ pub fn emit_gpu_kernel(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: 
     }
     match spec {
         KernelSpec::Matmul { .. } => gemv::emit(cx, name, spec, arity),
+        // VNNI dot products are x86 instructions; GPU plans use `matmul`.
+        KernelSpec::MatmulI8 { .. } => Err(super::builder::llvm_err(format!(
+            "{name}: matmul_i8 is a CPU kernel (AVX512-VNNI); GPU artifacts use matmul"
+        ))),
         KernelSpec::Embedding { .. } => embedding::emit(cx, name, spec, arity),
         KernelSpec::Copy { .. } => copy::emit(cx, name, spec, arity),
         KernelSpec::Elementwise { .. } => rows::emit_elementwise(cx, name, spec, arity),

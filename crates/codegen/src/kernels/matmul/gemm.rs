@@ -14,6 +14,7 @@
 //! split over threads.
 
 use super::decode::Decoder;
+use super::int8;
 use super::ir::{add, load_prefix, mul_add, prefetch};
 use crate::error::Result;
 use crate::kernels::builder::{llvm_err, KernelCx};
@@ -40,11 +41,13 @@ pub struct MatmulShape {
     pub k: usize,
     pub bias: bool,
     pub cols_per_task: usize,
+    /// `matmul_i8`: prefill through int8 activations ([`super::int8`]), bufs[4] = the quantized rows.
+    pub int8: bool,
 }
 
 /// Emits the matmul kernel `name`.
 pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
-    let &MatmulShape { format, n, k, bias, cols_per_task } = shape;
+    let &MatmulShape { format, n, k, bias, cols_per_task, int8 } = shape;
     let fail = |why: String| Err(llvm_err(format!("{name}: matmul {} n={n} k={k}: {why}", format.name())));
     if cols_per_task == 0 {
         return fail("cols_per_task must be at least 1".to_string());
@@ -70,33 +73,88 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
         bias: if bias { Some(cx.buf(&kf, 2)?) } else { None },
         out: cx.buf(&kf, 3)?,
     };
+    if int8 {
+        if !matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) || cx.lanes != 16 || cx.gpu {
+            return fail("matmul_i8 needs Q8_0/Q4_0 weights and 16-lane (AVX-512) CPU vectors".to_string());
+        }
+        if cols_per_task != int8::COLS || int8::panel_bytes(k) > PANEL_MAX_BYTES {
+            return fail(format!("matmul_i8 needs cols_per_task = {} and K ≤ {}", int8::COLS, int8_max_k()));
+        }
+        let i8k = int8::Int8 {
+            cx,
+            format,
+            n: n as i64,
+            k: k as i64,
+            row_bytes: gemm.row_bytes,
+            w: gemm.w,
+            bias: gemm.bias,
+            out: gemm.out,
+            a_q: cx.buf(&kf, 4)?,
+        };
+        let panel = stack_panel(cx, int8::panel_bytes(k))?;
+        by_rows(
+            cx,
+            m,
+            || cx.for_range(kf.begin, kf.end, 1, |t| i8k.task(t, m, panel)),
+            || cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64)),
+        )?;
+        return cx.finish();
+    }
     // Prefill over quantized weights: every tile of 4 rows would dequantize the task's weights
     // again (32 times for a 128-token prompt), so a task first dequantizes its column panel into
     // f32 on the stack once and runs the f32 tiles over it. Decoding (M < 4) reads the packed
     // weights directly: there each weight is used once and bytes are what matter.
     let panel_bytes = cols_per_task * k * 4;
     if gemm.dec.quantized() && panel_bytes <= PANEL_MAX_BYTES {
-        let panel_ty = cx.f32().array_type((cols_per_task * k) as u32);
-        let panel = cx.builder.build_alloca(panel_ty, "panel").map_err(llvm_err)?;
-        let prefill = cx.icmp(IntPredicate::SGE, m, cx.c64(i64::from(ROW_BLOCK)))?;
-        let f = cx.builder.get_insert_block().and_then(|bb| bb.get_parent()).expect("inside the kernel");
-        let (wide, narrow, done) = (
-            cx.context.append_basic_block(f, "prefill"),
-            cx.context.append_basic_block(f, "decode"),
-            cx.context.append_basic_block(f, "done"),
-        );
-        cx.builder.build_conditional_branch(prefill, wide, narrow).map_err(llvm_err)?;
-        cx.builder.position_at_end(wide);
-        cx.for_range(kf.begin, kf.end, 1, |t| gemm.panel_task(t, m, cols_per_task as i64, panel))?;
-        cx.builder.build_unconditional_branch(done).map_err(llvm_err)?;
-        cx.builder.position_at_end(narrow);
-        cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64))?;
-        cx.builder.build_unconditional_branch(done).map_err(llvm_err)?;
-        cx.builder.position_at_end(done);
+        let panel = stack_panel(cx, panel_bytes)?;
+        by_rows(
+            cx,
+            m,
+            || cx.for_range(kf.begin, kf.end, 1, |t| gemm.panel_task(t, m, cols_per_task as i64, panel)),
+            || cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64)),
+        )?;
     } else {
         cx.for_range(kf.begin, kf.end, 1, |t| gemm.task(t, m, cols_per_task as i64))?;
     }
     cx.finish()
+}
+
+/// The largest K `matmul_i8` takes: its task's panel must fit [`PANEL_MAX_BYTES`] of stack.
+pub fn int8_max_k() -> usize {
+    PANEL_MAX_BYTES / int8::panel_bytes(32) * 32
+}
+
+/// A 64-byte aligned stack buffer of `bytes`, allocated in the kernel's entry block.
+fn stack_panel<'ctx>(cx: &KernelCx<'ctx>, bytes: usize) -> Result<PointerValue<'ctx>> {
+    let ty = cx.context.i8_type().array_type(bytes as u32);
+    let panel = cx.builder.build_alloca(ty, "panel").map_err(llvm_err)?;
+    panel.as_instruction().ok_or_else(|| llvm_err("an alloca"))?.set_alignment(64).map_err(llvm_err)?;
+    Ok(panel)
+}
+
+/// `prefill()` when M ≥ [`ROW_BLOCK`], else `decode()`.
+fn by_rows<'ctx>(
+    cx: &KernelCx<'ctx>,
+    m: IntValue<'ctx>,
+    prefill: impl FnOnce() -> Result<()>,
+    decode: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let wide = cx.icmp(IntPredicate::SGE, m, cx.c64(i64::from(ROW_BLOCK)))?;
+    let f = cx.builder.get_insert_block().and_then(|bb| bb.get_parent()).expect("inside the kernel");
+    let (then, other, done) = (
+        cx.context.append_basic_block(f, "prefill"),
+        cx.context.append_basic_block(f, "decode"),
+        cx.context.append_basic_block(f, "done"),
+    );
+    cx.builder.build_conditional_branch(wide, then, other).map_err(llvm_err)?;
+    cx.builder.position_at_end(then);
+    prefill()?;
+    cx.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+    cx.builder.position_at_end(other);
+    decode()?;
+    cx.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+    cx.builder.position_at_end(done);
+    Ok(())
 }
 
 struct Gemm<'a, 'ctx> {
