@@ -1,7 +1,7 @@
 //! GEMV (batch-1 matmul) throughput on SmolLM2-like shapes, one thread, every weight format,
 //! compared with a STREAM-style read of a large buffer.
 //!
-//! `cargo bench -p kiln-codegen --bench gemv`
+//! `cargo bench -p kiln-codegen --bench gemv` (`KILN_BENCH_FORMATS=f32,q4_0` for some formats only)
 //!
 //! Decoding streams every weight from memory once per token, so the number that matters is GB/s
 //! of weight bytes read. "cold" calls rotate over copies of the weights spanning more memory than
@@ -34,16 +34,25 @@ fn main() {
     let target = kiln_codegen::host_machine().expect("host target");
     let lanes = kiln_codegen::kernels::target_lanes(&target);
     println!("host: {} ({}-bit vectors), one thread", target.cpu, lanes * 32);
-    let mut arena = vec![0u8; COLD_BYTES];
-    fill_f32(&mut arena);
-    let (plain, prefetched) = (stream_read(&arena, false), stream_read(&arena, true));
+    // On transparent huge pages, as the runtime's memory-mapped weights are (the page cache maps
+    // large folios with 2 MiB pages): 4 KiB pages cost a TLB miss every 64 lines and would make
+    // the reads, not the kernels, the bottleneck.
+    let mut map = memmap2::MmapMut::map_anon(COLD_BYTES).expect("a 2 GiB anonymous map");
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    let arena: &mut [u8] = &mut map;
+    fill_f32(arena);
+    let (plain, prefetched) = (stream_read(arena, false), stream_read(arena, true));
     println!(
         "read of {} MiB: {plain:.1} GB/s plain loads, {prefetched:.1} GB/s with software prefetch (best of {ROUNDS})",
         COLD_BYTES >> 20
     );
     println!("'% read' compares each cold GEMV with the better read, measured in turns with it.\n");
 
-    let mut kernels: Vec<(String, KernelSpec)> = FORMATS
+    let wanted = std::env::var("KILN_BENCH_FORMATS").ok();
+    let formats: Vec<WeightFormat> =
+        FORMATS.into_iter().filter(|f| wanted.as_deref().is_none_or(|w| w.split(',').any(|x| x == f.name()))).collect();
+    let mut kernels: Vec<(String, KernelSpec)> = formats
         .iter()
         .flat_map(|&format| SHAPES.iter().map(move |&(n, k)| (format, n, k)))
         .map(|(format, n, k)| {
@@ -52,7 +61,7 @@ fn main() {
         })
         .collect();
     let (prefill_n, prefill_k) = PREFILL_SHAPE;
-    for format in FORMATS {
+    for &format in &formats {
         let spec = KernelSpec::Matmul { format, n: prefill_n, k: prefill_k, bias: false, cols_per_task: COLS_PER_TASK };
         kernels.push((format!("prefill_{}", format.name()), spec));
     }
@@ -89,7 +98,7 @@ fn main() {
         // Turns of (read, cold GEMV) so both see the same machine load; the best of each.
         let (mut read, mut cold) = (0.0f64, f64::INFINITY);
         for _ in 0..ROUNDS {
-            read = read.max(stream_read(&arena, true).max(stream_read(&arena, false)));
+            read = read.max(stream_read(arena, true).max(stream_read(arena, false)));
             cold = cold.min(time_per_call(|i| call(i % copies)));
         }
         let hot = (0..ROUNDS).map(|_| time_per_call(|_| call(0))).fold(f64::INFINITY, f64::min);
@@ -111,7 +120,7 @@ fn main() {
     let m = PREFILL_ROWS;
     println!("\nprefill (M = {m}, N = {prefill_n}, K = {prefill_k}, weights in cache): 4×4 register tiles");
     println!("{:<6} {:>9} {:>8}", "format", "µs", "GFLOP/s");
-    for format in FORMATS {
+    for &format in &formats {
         let f = lib.get(&format!("prefill_{}", format.name()));
         let mut w = pack(format, prefill_n, prefill_k, &pseudo_random(prefill_n * prefill_k)).expect("pack");
         let mut a = pseudo_random(m * prefill_k);
@@ -177,7 +186,7 @@ fn sum_bytes_as_f32(buf: &[u8], prefetch: bool) -> f32 {
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_avx512(buf: &[u8], prefetch: bool) -> f32 {
     use std::arch::x86_64::*;
-    const AHEAD: usize = 8192;
+    const AHEAD: usize = 2048;
     let mut acc = [_mm512_setzero_ps(); 8];
     let p = buf.as_ptr();
     let blocks = buf.len() / 512;
