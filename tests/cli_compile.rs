@@ -49,6 +49,13 @@ fn compile_run_and_bench_a_synthetic_model() {
     let (a, _) = ok(kiln(&[&["run", s(&f32_art)][..], &prompt[..]].concat()));
     let (b, _) = ok(kiln(&[&["run", s(&m), "--interp", "-O2"][..], &prompt[..]].concat()));
     assert_eq!(a, b, "compiled f32 and interpreted greedy text differ");
+    // Weights copied onto huge pages run the same kernels on the same bytes.
+    let (c, _) = ok(kiln(&[&["run", s(&f32_art), "--huge-pages"][..], &prompt[..]].concat()));
+    assert_eq!(a, c, "--huge-pages changed the greedy text");
+    fails_with(
+        kiln(&["run", s(&f32_art), "--huge-pages", "--expert-cache", "2", "--prompt", "x"]),
+        &["--huge-pages", "offloading"],
+    );
 
     let (out, _) = ok(kiln(&["bench", s(&f32_art), "--prompt-len", "16", "--gen", "8", "--repeat", "1", "--json"]));
     let v: Value = serde_json::from_str(&out).unwrap();

@@ -2,7 +2,7 @@
 //! memory-bandwidth roofline of decoding (bytes of weights and KV cache read per token ÷ the
 //! measured read bandwidth).
 
-use crate::executor::{Executor, GpuArgs};
+use crate::executor::{ExecArgs, Executor};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_runtime::artifact::manifest::{BufArg, Storage};
@@ -42,9 +42,9 @@ pub struct BenchArgs {
     /// Mixture-of-Experts offloading (compiled MoE artifacts).
     #[command(flatten)]
     pub offload: crate::offload_args::OffloadArgs,
-    /// CUDA artifacts.
+    /// Loading: huge pages (CPU), the GPU and CUDA graphs (CUDA).
     #[command(flatten)]
-    pub gpu: GpuArgs,
+    pub exec: ExecArgs,
 }
 
 /// Offloading results in the bench report.
@@ -168,7 +168,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let offload = args.offload.config()?;
-    let mut model = Executor::load(&args.artifact, threads, offload.as_ref(), &args.gpu)?;
+    let mut model = Executor::load(&args.artifact, threads, offload.as_ref(), &args.exec)?;
     let threads = model.threads();
     let m = model.manifest().clone();
     if args.prompt_len + args.gen > m.max_context {

@@ -4,7 +4,7 @@
 //! outputs of two executors — or of Kiln and another implementation fed the same `tokens` — checks
 //! them against each other (`bench/gpu/compare_logits.py` does this on a GPU machine).
 
-use crate::executor::{Executor, GpuArgs};
+use crate::executor::{ExecArgs, Executor};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_models::{InterpModel, LowerOptions};
@@ -30,9 +30,9 @@ pub struct LogitsArgs {
     /// Write the JSON here instead of stdout.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
-    /// CUDA artifacts.
+    /// Loading: huge pages (CPU), the GPU and CUDA graphs (CUDA).
     #[command(flatten)]
-    pub gpu: GpuArgs,
+    pub exec: ExecArgs,
 }
 
 #[derive(Serialize)]
@@ -67,7 +67,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             bail!("{} is not a compiled artifact (pass --interp to run a model folder)", args.model.display());
         }
         let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let m = Executor::load(&args.model, threads, None, &args.gpu)?;
+        let m = Executor::load(&args.model, threads, None, &args.exec)?;
         let device = m.device();
         (Box::new(m), device)
     };

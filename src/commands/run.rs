@@ -49,9 +49,9 @@ pub struct RunArgs {
     /// Mixture-of-Experts offloading (compiled MoE artifacts).
     #[command(flatten)]
     pub offload: crate::offload_args::OffloadArgs,
-    /// CUDA artifacts.
+    /// Loading: huge pages (CPU), the GPU and CUDA graphs (CUDA).
     #[command(flatten)]
-    pub gpu: crate::executor::GpuArgs,
+    pub exec: crate::executor::ExecArgs,
 }
 
 struct Interp(InterpModel);
@@ -76,7 +76,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let t0 = std::time::Instant::now();
         let offload = args.offload.config()?;
         let threads = args.threads.unwrap_or_else(default_threads);
-        let mut model = crate::executor::Executor::load(&args.model, threads, offload.as_ref(), &args.gpu)?;
+        let mut model = crate::executor::Executor::load(&args.model, threads, offload.as_ref(), &args.exec)?;
         tracing::info!(secs = t0.elapsed().as_secs_f64(), "artifact loaded");
         let eos = model.manifest().model.eos_token_ids.clone();
         let tok = TextTokenizer::from_dir(&args.model, &eos)?;

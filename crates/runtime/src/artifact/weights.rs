@@ -7,9 +7,25 @@ use std::path::Path;
 
 pub struct WeightFile {
     path: std::path::PathBuf,
-    map: Mmap,
+    map: Weights,
     /// Byte range of each tensor within the map.
     tensors: HashMap<String, (usize, usize)>,
+}
+
+/// Where the weight bytes live: the mapped file, or a private copy ([`WeightFile::make_resident`]).
+enum Weights {
+    File(Mmap),
+    Copy(memmap2::MmapMut),
+}
+
+impl std::ops::Deref for Weights {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Weights::File(m) => m,
+            Weights::Copy(m) => m,
+        }
+    }
 }
 
 fn bad(path: &Path, msg: impl Into<String>) -> RuntimeError {
@@ -21,7 +37,7 @@ impl WeightFile {
         let file = std::fs::File::open(path).map_err(|e| bad(path, e.to_string()))?;
         // SAFETY: the artifact is not modified while it runs (documented); a concurrent writer
         // would be the user's error, as with any mmapped model file.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(path, e.to_string()))?;
+        let map = Weights::File(unsafe { Mmap::map(&file) }.map_err(|e| bad(path, e.to_string()))?);
         if map.len() < 8 {
             return Err(bad(path, "too short for a safetensors header"));
         }
@@ -49,6 +65,34 @@ impl WeightFile {
         Ok(WeightFile { path: path.to_path_buf(), map, tensors })
     }
 
+    /// Reads the whole file into anonymous memory on transparent huge pages and serves the
+    /// tensors from there (raw pointers to them taken before are invalidated).
+    ///
+    /// Decoding streams every weight once per token, and how fast one core can do that depends on
+    /// the pages: Linux maps a file's page cache with 4 KiB pages unless it happened to build 2 MiB
+    /// folios — never for a freshly written file, such as an artifact compiled a moment ago — and
+    /// 4 KiB pages cost a TLB miss every 64 cache lines. Measured on SmolLM2 f32, one thread:
+    /// 18–22 tok/s from a just-compiled artifact's mapping, 26 from the copy (and from a mapping
+    /// whose page cache Linux had built from 2 MiB folios). The copy costs load time (zeroing
+    /// huge pages: 1.1–1.8 s for 538 MB on the development VM, 0.5 s with 4 KiB pages). The file
+    /// is read with `pread`, so its page cache never counts towards the process's memory.
+    pub fn make_resident(&mut self) -> Result<()> {
+        if matches!(self.map, Weights::Copy(_)) {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let mut copy = memmap2::MmapMut::map_anon(self.map.len().max(1)).map_err(|e| bad(&path, e.to_string()))?;
+        #[cfg(target_os = "linux")]
+        let _ = copy.advise(memmap2::Advice::HugePage);
+        let file = std::fs::File::open(&path).map_err(|e| bad(&path, e.to_string()))?;
+        const CHUNK: usize = 64 << 20;
+        for (i, chunk) in copy[..self.map.len()].chunks_mut(CHUNK).enumerate() {
+            read_exact_at(&file, chunk, (i * CHUNK) as u64).map_err(|e| bad(&path, e.to_string()))?;
+        }
+        self.map = Weights::Copy(copy);
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -62,4 +106,17 @@ impl WeightFile {
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         self.tensors.get(name).map(|&(b, e)| &self.map[b..e])
     }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
