@@ -78,7 +78,8 @@ fn check_spec(name: &str, a: &AttentionSpec<'_>) -> Result<()> {
     }
 }
 
-/// Emits `attention`; task = (token, query head), `t · heads + h`.
+/// Emits `attention`; task = (task token u, query head), `u · heads + h`, where task tokens
+/// zigzag through the tokens (u = 0, 1, 2, 3, ... is token 0, T−1, 1, T−2, ...).
 pub fn emit(cx: &KernelCx<'_>, name: &str, a: &AttentionSpec<'_>) -> Result<()> {
     check_spec(name, a)?;
     let k = cx.begin_kernel(name);
@@ -109,12 +110,28 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, a: &AttentionSpec<'_>) -> Result<()> 
     let first_token = b.build_int_signed_div(k.begin, heads, "t0").map_err(llvm_err)?;
     let end_up = b.build_int_add(k.end, cx.c64(a.heads as i64 - 1), "e").map_err(llvm_err)?;
     let end_token = b.build_int_signed_div(end_up, heads, "t1").map_err(llvm_err)?;
-    cx.for_range(first_token, end_token, 1, |t| {
+    let tokens = cx.dim(&k, 0)?;
+    cx.for_range(first_token, end_token, 1, |u| {
+        // Task tokens zigzag (0, T−1, 1, T−2, ...): a causal query's work grows with its
+        // position, and the runtime hands each thread a contiguous range of tasks, so in token
+        // order the last thread of a prefill would get the most work.
+        let half = b.build_int_signed_div(u, cx.c64(2), "half").map_err(llvm_err)?;
+        let odd = b.build_int_compare(
+            inkwell::IntPredicate::NE,
+            b.build_and(u, cx.c64(1), "odd").map_err(llvm_err)?,
+            cx.c64(0),
+            "odd",
+        );
+        let last = b.build_int_sub(b.build_int_sub(tokens, cx.c64(1), "tl").map_err(llvm_err)?, half, "mirror");
+        let t = b
+            .build_select(odd.map_err(llvm_err)?, last.map_err(llvm_err)?, half, "t")
+            .map_err(llvm_err)?
+            .into_int_value();
         let pos = cx.load_i32(positions, t)?;
         let pos = b.build_int_s_extend(pos, cx.i64(), "pos_q").map_err(llvm_err)?;
         let rot = a.rope.map(|r| rotation(cx, r, pos)).transpose()?;
-        // The heads of token t inside [begin, end).
-        let base = b.build_int_mul(t, heads, "base").map_err(llvm_err)?;
+        // The heads of task token u inside [begin, end).
+        let base = b.build_int_mul(u, heads, "base").map_err(llvm_err)?;
         let lo = smax(cx, b.build_int_sub(k.begin, base, "lo").map_err(llvm_err)?, cx.c64(0))?;
         let hi = smin(cx, b.build_int_sub(k.end, base, "hi").map_err(llvm_err)?, heads)?;
         cx.for_range(lo, hi, 1, |h| attend_one(cx, a, &ops, &Query { t, h, pos, rot: rot.as_ref() }))
