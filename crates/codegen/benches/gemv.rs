@@ -37,9 +37,7 @@ fn main() {
     // On transparent huge pages, as the runtime's memory-mapped weights are (the page cache maps
     // large folios with 2 MiB pages): 4 KiB pages cost a TLB miss every 64 lines and would make
     // the reads, not the kernels, the bottleneck.
-    let mut map = memmap2::MmapMut::map_anon(COLD_BYTES).expect("a 2 GiB anonymous map");
-    #[cfg(target_os = "linux")]
-    let _ = map.advise(memmap2::Advice::HugePage);
+    let mut map = kiln_runtime::pages::huge_page_map(COLD_BYTES).expect("a 2 GiB anonymous map");
     let arena: &mut [u8] = &mut map;
     fill_f32(arena);
     let (plain, prefetched) = (stream_read(arena, false), stream_read(arena, true));

@@ -51,9 +51,14 @@ pub struct HostTarget {
 impl HostTarget {
     /// Whether the host CPU has an LLVM feature (`"avx2"`, `"avx512f"`, ...).
     pub fn has_feature(&self, name: &str) -> bool {
-        let name = name.trim_start_matches('+');
-        self.features.split(',').any(|f| f.strip_prefix('+') == Some(name))
+        feature_enabled(&self.features, name)
     }
+}
+
+/// Whether an LLVM feature string (`+avx2,+fma,-tbm,...`) enables `name` (with or without `+`).
+fn feature_enabled(features: &str, name: &str) -> bool {
+    let name = name.trim_start_matches('+');
+    features.split(',').any(|f| f.strip_prefix('+') == Some(name))
 }
 
 /// An LLVM target machine plus the description it was created from.
@@ -76,6 +81,11 @@ pub struct TargetInfo {
 }
 
 impl TargetInfo {
+    /// Whether the machine was created with an LLVM feature (`"avx512f"`, `"avx512vnni"`, ...).
+    pub fn has_feature(&self, name: &str) -> bool {
+        feature_enabled(&self.features, name)
+    }
+
     /// The LLVM target machine.
     pub fn machine(&self) -> &TargetMachine {
         &self.machine

@@ -19,6 +19,7 @@ pub mod error;
 pub mod generate;
 pub mod measure;
 pub mod offload;
+pub mod pages;
 pub mod sampler;
 pub mod simt;
 pub mod tokenizer;

@@ -79,14 +79,9 @@ fn sum_fast(words: &[u64]) -> u64 {
 /// Read bandwidth in bytes/s over a `bytes`-sized buffer with `threads` threads: the best of
 /// `repeat` full passes after one warm-up pass.
 pub fn read_bandwidth(bytes: usize, threads: usize, repeat: usize) -> f64 {
-    // On transparent huge pages where the kernel offers them: the artifact's weights are a
-    // memory-mapped file whose page cache Linux maps with 2 MiB pages too (large folios), and 4 KiB
-    // pages would understate the bandwidth by a third (a TLB miss every 64 lines).
-    let mut map = memmap2::MmapMut::map_anon(bytes.max(8)).ok();
-    #[cfg(target_os = "linux")]
-    if let Some(m) = &map {
-        let _ = m.advise(memmap2::Advice::HugePage);
-    }
+    // On huge pages, as the weights are with `--huge-pages` or a page cache of 2 MiB folios:
+    // 4 KiB pages would understate the bandwidth by a third.
+    let mut map = crate::pages::huge_page_map(bytes).ok();
     let mut fallback = Vec::new();
     let words: &mut [u64] = match map.as_mut() {
         // SAFETY: the map is page-aligned (so u64-aligned), at least `bytes` long, and any bytes

@@ -137,16 +137,6 @@ fn required_features(target: &TargetInfo) -> Vec<String> {
         .collect()
 }
 
-/// Whether `opts`' kernels can run `matmul_i8`: CPU code for a target with AVX-512 and VNNI.
-fn int8_capable(opts: &CompileOptions) -> Result<bool> {
-    if opts.kernels != KernelTarget::Cpu {
-        return Ok(false);
-    }
-    let target = cpu_machine(&opts.target_cpu)?;
-    let has = |f: &str| target.features.split(',').any(|x| x.strip_prefix('+') == Some(f));
-    Ok(has("avx512f") && has("avx512vnni") && crate::kernels::target_lanes(&target) == 16)
-}
-
 /// Compiles `graph` (with `weights`) into the artifact directory `out`.
 pub fn compile(
     graph: &Graph,
@@ -163,7 +153,15 @@ pub fn compile(
     let secs_fold = t.elapsed().as_secs_f64();
     let t = Instant::now();
     progress("planning kernels");
-    let int8_prefill = opts.int8_prefill && int8_capable(opts)?;
+    let target = match opts.kernels {
+        KernelTarget::Cuda { sm } => nvptx_target(sm)?,
+        KernelTarget::Cpu | KernelTarget::CudaSim => cpu_machine(&opts.target_cpu)?,
+    };
+    // `matmul_i8` is CPU code for AVX-512 with VNNI.
+    let int8_prefill = opts.int8_prefill
+        && opts.kernels == KernelTarget::Cpu
+        && target.has_feature("avx512f")
+        && target.has_feature("avx512vnni");
     let plan = plan(graph, &interp, PlanOptions { weights: opts.weights, int8_prefill })?;
     drop(interp);
     let secs_plan = t.elapsed().as_secs_f64();
@@ -172,22 +170,16 @@ pub fn compile(
     let with_arity = || -> Result<Vec<_>> {
         Ok(plan.kernels.iter().zip(arities(&plan)?).map(|((n, s), a)| (n.clone(), s.clone(), a)).collect())
     };
-    let (target, kernels) = match opts.kernels {
+    let kernels = match opts.kernels {
         KernelTarget::CudaSim => {
-            let target = cpu_machine(&opts.target_cpu)?;
             let (object, launches) = crate::kernels::gpu::sim::compile_sim(&with_arity()?, &target)?;
-            (target, Kernels::Sim(object, launches))
+            Kernels::Sim(object, launches)
         }
-        KernelTarget::Cuda { sm } => {
-            let target = nvptx_target(sm)?;
+        KernelTarget::Cuda { .. } => {
             let (ptx, launches) = compile_ptx(&with_arity()?, &target)?;
-            (target, Kernels::Ptx(ptx, launches))
+            Kernels::Ptx(ptx, launches)
         }
-        KernelTarget::Cpu => {
-            let target = cpu_machine(&opts.target_cpu)?;
-            let object = compile_kernels(&plan.kernels, &target)?;
-            (target, Kernels::Object(object))
-        }
+        KernelTarget::Cpu => Kernels::Object(compile_kernels(&plan.kernels, &target)?),
     };
     let secs_llvm = t.elapsed().as_secs_f64();
 

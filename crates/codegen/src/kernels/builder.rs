@@ -183,6 +183,21 @@ impl<'ctx> KernelCx<'ctx> {
         Ok(())
     }
 
+    /// Loads a value of `ty` at byte offset `bytes` from `base` with alignment `align`.
+    pub fn load_at(
+        &self,
+        ty: BasicTypeEnum<'ctx>,
+        base: PointerValue<'ctx>,
+        bytes: IntValue<'ctx>,
+        align: u32,
+    ) -> Result<BasicValueEnum<'ctx>> {
+        let v = self.builder.build_load(ty, self.gep_bytes(base, bytes)?, "ld").map_err(llvm_err)?;
+        if let Some(i) = v.as_instruction_value() {
+            i.set_alignment(align).map_err(llvm_err)?;
+        }
+        Ok(v)
+    }
+
     pub fn load_f32(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> Result<FloatValue<'ctx>> {
         Ok(self.load(self.f32().into(), base, idx, 4)?.into_float_value())
     }

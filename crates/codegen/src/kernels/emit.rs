@@ -9,10 +9,9 @@ use inkwell::context::Context;
 
 /// f32 lanes of the target's widest vector registers.
 pub fn target_lanes(target: &TargetInfo) -> u32 {
-    let has = |f: &str| target.features.split(',').any(|x| x == format!("+{f}"));
-    if has("avx512f") {
+    if target.has_feature("avx512f") {
         16
-    } else if has("avx2") || has("avx") {
+    } else if target.has_feature("avx2") || target.has_feature("avx") {
         8
     } else {
         4

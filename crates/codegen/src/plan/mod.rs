@@ -181,6 +181,11 @@ impl<'a> Planner<'a> {
         &self.labels[&n]
     }
 
+    /// Node `n`'s value name (`%12`), the label's part before ` =`: what its buffers are called.
+    fn value_name(&self, n: NodeId) -> &str {
+        self.label(n).split(" =").next().unwrap_or("%")
+    }
+
     fn buffer(&mut self, name: &str, elem: ElemType, elems: DimExpr, storage: Storage) -> usize {
         self.buffers.push(BufferSpec { name: name.to_string(), elem, elems, storage });
         self.buffers.len() - 1
@@ -191,7 +196,7 @@ impl<'a> Planner<'a> {
         let ty = &self.g.node(n).ty;
         let elem = if ty.dtype.is_int() || ty.dtype == kiln_ir::DType::Bool { ElemType::I32 } else { ElemType::F32 };
         let elems = self.syms.numel(&ty.shape, self.label(n))?;
-        let name = self.label(n).split(" =").next().unwrap_or("%").to_string();
+        let name = self.value_name(n).to_string();
         let b = self.buffer(&name, elem, elems, Storage::Activation);
         self.value_buf.insert(n, b);
         Ok(b)

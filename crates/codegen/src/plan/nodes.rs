@@ -324,7 +324,7 @@ impl Planner<'_> {
         if let Some(&q) = self.quantized_rows.get(&x_buf) {
             return Ok(q);
         }
-        let label = format!("{}.q8", self.label(x).split(" =").next().unwrap_or("%"));
+        let label = format!("{}.q8", self.value_name(x));
         // Sized in f32 elements (the buffer planner's unit): a row is q8_row_bytes(k) = 1.25·k bytes.
         let elems = scale(rows, (q8_row_bytes(k) / 4) as i64);
         let q = self.buffer(&label, ElemType::F32, elems, super::Storage::Activation);

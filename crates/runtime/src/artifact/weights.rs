@@ -81,9 +81,7 @@ impl WeightFile {
             return Ok(());
         }
         let path = self.path.clone();
-        let mut copy = memmap2::MmapMut::map_anon(self.map.len().max(1)).map_err(|e| bad(&path, e.to_string()))?;
-        #[cfg(target_os = "linux")]
-        let _ = copy.advise(memmap2::Advice::HugePage);
+        let mut copy = crate::pages::huge_page_map(self.map.len()).map_err(|e| bad(&path, e.to_string()))?;
         let file = std::fs::File::open(&path).map_err(|e| bad(&path, e.to_string()))?;
         const CHUNK: usize = 64 << 20;
         for (i, chunk) in copy[..self.map.len()].chunks_mut(CHUNK).enumerate() {

@@ -116,17 +116,10 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, a: &AttentionSpec<'_>) -> Result<()> 
         // position, and the runtime hands each thread a contiguous range of tasks, so in token
         // order the last thread of a prefill would get the most work.
         let half = b.build_int_signed_div(u, cx.c64(2), "half").map_err(llvm_err)?;
-        let odd = b.build_int_compare(
-            inkwell::IntPredicate::NE,
-            b.build_and(u, cx.c64(1), "odd").map_err(llvm_err)?,
-            cx.c64(0),
-            "odd",
-        );
-        let last = b.build_int_sub(b.build_int_sub(tokens, cx.c64(1), "tl").map_err(llvm_err)?, half, "mirror");
-        let t = b
-            .build_select(odd.map_err(llvm_err)?, last.map_err(llvm_err)?, half, "t")
-            .map_err(llvm_err)?
-            .into_int_value();
+        let odd = b.build_int_truncate(u, cx.context.bool_type(), "odd").map_err(llvm_err)?;
+        let last = b.build_int_sub(tokens, cx.c64(1), "last").map_err(llvm_err)?;
+        let mirror = b.build_int_sub(last, half, "mirror").map_err(llvm_err)?;
+        let t = b.build_select(odd, mirror, half, "t").map_err(llvm_err)?.into_int_value();
         let pos = cx.load_i32(positions, t)?;
         let pos = b.build_int_s_extend(pos, cx.i64(), "pos_q").map_err(llvm_err)?;
         let rot = a.rope.map(|r| rotation(cx, r, pos)).transpose()?;

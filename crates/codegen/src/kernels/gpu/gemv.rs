@@ -16,8 +16,8 @@ use super::{Arity, Launch};
 use crate::error::Result;
 use crate::kernels::builder::{llvm_err, KernelCx};
 use crate::kernels::spec::{KernelSpec, WeightFormat};
-use inkwell::types::{BasicTypeEnum, VectorType};
-use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
+use inkwell::types::VectorType;
+use inkwell::values::{BasicValueEnum, FloatValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
 /// Activation rows multiplied per pass over the weights (prefill); decoding takes a one-row path.
@@ -204,22 +204,6 @@ fn rows_pass<'ctx>(
     Ok(())
 }
 
-/// Loads a value of `ty` at `base + bytes` with alignment `align`.
-fn load_at<'ctx>(
-    cx: &KernelCx<'ctx>,
-    ty: BasicTypeEnum<'ctx>,
-    base: PointerValue<'ctx>,
-    bytes: IntValue<'ctx>,
-    align: u32,
-) -> Result<BasicValueEnum<'ctx>> {
-    let p = cx.gep_bytes(base, bytes)?;
-    let v = cx.builder.build_load(ty, p, "w").map_err(llvm_err)?;
-    if let Some(i) = v.as_instruction_value() {
-        i.set_alignment(align).map_err(llvm_err)?;
-    }
-    Ok(v)
-}
-
 /// The widest alignment (≤ 16) that every row's group of 8 elements has.
 fn group_align(format: WeightFormat, k: usize) -> u32 {
     let esize = match format {
@@ -250,16 +234,16 @@ fn dequant_group<'ctx>(
     let k0 = b.build_int_mul(g, cx.c64(GROUP as i64), "k0").map_err(llvm_err)?;
     let bytes = |esize: i64| b.build_int_mul(k0, cx.c64(esize), "wb").map_err(llvm_err);
     match s.format {
-        WeightFormat::F32 => Ok(load_at(cx, v8.into(), wrow, bytes(4)?, align)?.into_vector_value()),
+        WeightFormat::F32 => Ok(cx.load_at(v8.into(), wrow, bytes(4)?, align)?.into_vector_value()),
         WeightFormat::Bf16 => {
-            let raw = load_at(cx, i16v.into(), wrow, bytes(2)?, align)?.into_vector_value();
+            let raw = cx.load_at(i16v.into(), wrow, bytes(2)?, align)?.into_vector_value();
             let wide = b.build_int_z_extend(raw, i32v, "z").map_err(llvm_err)?;
             let shifted = b.build_left_shift(wide, splat_i32(cx, 16, n), "sh").map_err(llvm_err)?;
             Ok(b.build_bit_cast(shifted, v8, "bf").map_err(llvm_err)?.into_vector_value())
         }
         WeightFormat::F16 => {
             let hv = cx.context.f16_type().vec_type(n);
-            let raw = load_at(cx, hv.into(), wrow, bytes(2)?, align)?.into_vector_value();
+            let raw = cx.load_at(hv.into(), wrow, bytes(2)?, align)?.into_vector_value();
             b.build_float_ext(raw, v8, "h").map_err(llvm_err)
         }
         WeightFormat::Q8_0 | WeightFormat::Q4_0 => {
@@ -271,7 +255,7 @@ fn dequant_group<'ctx>(
                 .build_int_mul(b.build_and(g, cx.c64(3), "gj").map_err(llvm_err)?, cx.c64(8), "j")
                 .map_err(llvm_err)?;
             let start = b.build_int_mul(blk, cx.c64(block_bytes), "bs").map_err(llvm_err)?;
-            let scale = load_at(cx, cx.context.f16_type().into(), wrow, start, 2)?.into_float_value();
+            let scale = cx.load_at(cx.context.f16_type().into(), wrow, start, 2)?.into_float_value();
             let scale = b.build_float_ext(scale, cx.f32(), "d").map_err(llvm_err)?;
             let i8v = cx.context.i8_type().vec_type(n);
             let q = if q4 {
@@ -280,7 +264,7 @@ fn dequant_group<'ctx>(
                 let at = b
                     .build_int_add(start, b.build_int_add(byte, cx.c64(2), "o").map_err(llvm_err)?, "qa")
                     .map_err(llvm_err)?;
-                let raw = load_at(cx, i8v.into(), wrow, at, 2)?.into_vector_value();
+                let raw = cx.load_at(i8v.into(), wrow, at, 2)?.into_vector_value();
                 let wide = b.build_int_z_extend(raw, i32v, "qz").map_err(llvm_err)?;
                 let high = cx.icmp(IntPredicate::UGE, j, cx.c64(16))?;
                 let shift =
@@ -298,7 +282,7 @@ fn dequant_group<'ctx>(
                 let at = b
                     .build_int_add(start, b.build_int_add(j, cx.c64(2), "o").map_err(llvm_err)?, "qa")
                     .map_err(llvm_err)?;
-                let raw = load_at(cx, i8v.into(), wrow, at, 2)?.into_vector_value();
+                let raw = cx.load_at(i8v.into(), wrow, at, 2)?.into_vector_value();
                 b.build_int_s_extend(raw, i32v, "qs").map_err(llvm_err)?
             };
             let qf = b.build_signed_int_to_float(q, v8, "qf").map_err(llvm_err)?;

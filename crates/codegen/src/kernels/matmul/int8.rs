@@ -13,13 +13,13 @@
 //! The only rounding beyond f32 accumulation is the activations' quantization to int8 (relative
 //! error ≤ 1/254 of each block's largest value), as in llama.cpp.
 
-use super::ir::mul_add;
+use super::ir::{add, mul_add};
 use super::quantize::q8_row_bytes;
 use crate::error::Result;
 use crate::kernels::builder::{llvm_err, KernelCx};
 use crate::kernels::spec::WeightFormat;
 use inkwell::types::VectorType;
-use inkwell::values::{BasicValue, BasicValueEnum, IntValue, PointerValue, VectorValue};
+use inkwell::values::{BasicValueEnum, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
 /// Output columns per task: one 16-lane vector.
@@ -161,11 +161,6 @@ impl<'a, 'ctx> Int8<'a, 'ctx> {
         let a_rows = (0..rows)
             .map(|r| cx.gep_bytes(self.a_q, mul_add(cx, mul_add(cx, i, 1, i64::from(r))?, qrow, 0)?))
             .collect::<Result<Vec<_>>>()?;
-        let load = |ty: inkwell::types::BasicTypeEnum<'ctx>, p: PointerValue<'ctx>, at: IntValue<'ctx>, align: u32| {
-            let v = b.build_load(ty, cx.gep_bytes(p, at)?, "ld").map_err(llvm_err)?;
-            v.as_instruction_value().ok_or_else(|| llvm_err("a load"))?.set_alignment(align).map_err(llvm_err)?;
-            Ok::<_, crate::error::CodegenError>(v)
-        };
         let splat_i32 = |v: IntValue<'ctx>| -> Result<VectorValue<'ctx>> {
             let undef = self.i32s().get_undef();
             let one = b.build_insert_element(undef, v, cx.i32().const_zero(), "s").map_err(llvm_err)?;
@@ -175,26 +170,26 @@ impl<'a, 'ctx> Int8<'a, 'ctx> {
         let init = vec![BasicValueEnum::from(zero); rows as usize];
         let accs = cx.for_range_acc(cx.c64(0), cx.c64(nb), 1, &init, |blk, cur| {
             let pb = cx.gep_bytes(panel, mul_add(cx, blk, PANEL_BLOCK, 0)?)?;
-            let dw = load(cx.vf32(lanes).into(), pb, cx.c64(8 * 64), 64)?.into_vector_value();
+            let dw = cx.load_at(cx.vf32(lanes).into(), pb, cx.c64(8 * 64), 64)?.into_vector_value();
             let mut dots = a_rows
                 .iter()
                 .map(|&ar| {
-                    let sum = load(cx.i32().into(), ar, mul_add(cx, blk, 4, k + 4 * nb)?, 1)?.into_int_value();
+                    let sum = cx.load_at(cx.i32().into(), ar, mul_add(cx, blk, 4, k + 4 * nb)?, 1)?.into_int_value();
                     let start = b.build_int_mul(sum, cx.i32().const_int((-self.offset()) as u64, true), "c");
                     splat_i32(start.map_err(llvm_err)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             for g in 0..8 {
-                let w = load(self.i32s().into(), pb, cx.c64(64 * g), 64)?;
+                let w = cx.load_at(self.i32s().into(), pb, cx.c64(64 * g), 64)?;
                 for (dot, &ar) in dots.iter_mut().zip(&a_rows) {
-                    let a = load(cx.i32().into(), ar, mul_add(cx, blk, QK, 4 * g)?, 1)?.into_int_value();
+                    let a = cx.load_at(cx.i32().into(), ar, mul_add(cx, blk, QK, 4 * g)?, 1)?.into_int_value();
                     let args = [(*dot).into(), w.into(), splat_i32(a)?.into()];
                     *dot = cx.intrinsic("llvm.x86.avx512.vpdpbusd.512", &[], &args)?.into_vector_value();
                 }
             }
             let mut next = Vec::with_capacity(rows as usize);
             for ((dot, &ar), acc) in dots.into_iter().zip(&a_rows).zip(cur) {
-                let da = load(cx.f32().into(), ar, mul_add(cx, blk, 4, k)?, 1)?.into_float_value();
+                let da = cx.load_at(cx.f32().into(), ar, mul_add(cx, blk, 4, k)?, 1)?.into_float_value();
                 let scale = b.build_float_mul(dw, cx.splat(da, lanes)?, "s").map_err(llvm_err)?;
                 let dot = b.build_signed_int_to_float(dot, cx.vf32(lanes), "df").map_err(llvm_err)?;
                 next.push(cx.fma(dot, scale, acc.into_vector_value())?);
@@ -216,8 +211,7 @@ impl<'a, 'ctx> Int8<'a, 'ctx> {
                 v = b.build_float_add(v, bias.into_vector_value(), "bias").map_err(llvm_err)?;
             }
             let row = mul_add(cx, i, 1, r as i64)?;
-            let p = cx.gep(cx.f32().into(), self.out, mul_add(cx, mul_add(cx, row, self.n, 0)?, 1, 0)?)?;
-            let p = cx.gep(cx.f32().into(), p, c0)?;
+            let p = cx.gep(cx.f32().into(), self.out, add(cx, mul_add(cx, row, self.n, 0)?, c0)?)?;
             let args = [v.into(), p.into(), cx.i32().const_int(4, false).into(), vmask.into()];
             cx.intrinsic_call("llvm.masked.store", &[cx.vf32(lanes).into(), cx.ptr().into()], &args)?;
         }
