@@ -165,6 +165,33 @@ fn portable_artifacts_for_x86_64_levels() {
     );
 }
 
+/// CPU artifacts store f32 matmul weights (and the tied embedding table) with rows interleaved
+/// for the vector width; other formats, and CUDA artifacts, keep plain rows.
+#[test]
+fn f32_matmul_weights_are_interleaved_for_the_cpu() {
+    let t = TempDir::new("compile-interleave");
+    let m = t.join("m");
+    ok(kiln(&["gen-model", "--arch", "llama", "--seed", "3", "-o", s(&m)]));
+    let interleaves = |name: &str, extra: &[&str]| -> Vec<(String, u64)> {
+        let art = t.join(name);
+        ok(kiln(&[&["compile", s(&m), "-o", s(&art)][..], extra].concat()));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(art.join("manifest.json")).unwrap()).unwrap();
+        v["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| matches!(k["kind"].as_str(), Some("matmul" | "embedding")))
+            .map(|k| (k["kind"].as_str().unwrap().to_string(), k["params"]["interleave"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    let f32s = interleaves("f32.kiln", &[]);
+    assert!(f32s.iter().any(|(kind, _)| kind == "matmul"), "{f32s:?}");
+    // A cache line of f32 per chunk, whatever the vector width.
+    assert!(f32s.iter().all(|&(_, il)| il == 16), "every f32 matmul and the table interleaved: {f32s:?}");
+    let bf16 = interleaves("bf16.kiln", &["--weights", "bf16"]);
+    assert!(bf16.iter().all(|&(_, il)| il == 0), "bf16 rows stay plain: {bf16:?}");
+}
+
 /// Int8-activation prefill (`matmul_i8` + `quantize_rows`) is planned for Q8_0/Q4_0 weights where
 /// the target CPU has AVX512-VNNI, and not with `--prefill-activations f32`, without VNNI, or for
 /// f32 weights; the artifact's greedy text stays that of the exact one on this model.

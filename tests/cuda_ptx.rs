@@ -56,11 +56,14 @@ fn all_specs() -> Vec<(KernelSpec, Arity)> {
     let a = |dims, bufs| Arity { dims, bufs };
     let mut v = Vec::new();
     for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0] {
-        v.push((KernelSpec::Matmul { format, n: 96, k: 320, bias: true, cols_per_task: 16 }, a(1, 4)));
-        v.push((KernelSpec::Embedding { format, vocab: 50, dim: 64 }, a(1, 3)));
+        v.push((KernelSpec::Matmul { format, n: 96, k: 320, bias: true, cols_per_task: 16, interleave: 0 }, a(1, 4)));
+        v.push((KernelSpec::Embedding { format, vocab: 50, dim: 64, interleave: 0 }, a(1, 3)));
     }
     // K not a multiple of 8 (a scalar tail), odd N, no bias.
-    v.push((KernelSpec::Matmul { format: WeightFormat::Bf16, n: 33, k: 100, bias: false, cols_per_task: 16 }, a(1, 4)));
+    v.push((
+        KernelSpec::Matmul { format: WeightFormat::Bf16, n: 33, k: 100, bias: false, cols_per_task: 16, interleave: 0 },
+        a(1, 4),
+    ));
     let exprs = [
         "add(mul($0, $1), $2)",
         "mul(silu($0), $1)",
@@ -148,7 +151,8 @@ fn every_kernel_family_assembles_for_sm80_and_sm90() {
 #[test]
 fn a_bad_kernel_call_is_a_codegen_error_not_bad_ptx() {
     // A matmul called with 3 buffers instead of 4.
-    let spec = KernelSpec::Matmul { format: WeightFormat::F32, n: 8, k: 8, bias: false, cols_per_task: 16 };
+    let spec =
+        KernelSpec::Matmul { format: WeightFormat::F32, n: 8, k: 8, bias: false, cols_per_task: 16, interleave: 0 };
     let target = kiln_codegen::nvptx_target(80).unwrap();
     let err = compile_ptx(&[("mm".into(), spec, Arity { dims: 1, bufs: 3 })], &target).unwrap_err();
     assert!(err.to_string().contains("mm"), "{err}");

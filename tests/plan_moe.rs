@@ -47,7 +47,8 @@ fn planned(opts: &SynthOptions, pipeline: &str, tweak: impl FnOnce(&mut Graph)) 
     tweak(&mut g);
     let weights = Overlay { derived: &report.derived, base: &ckpt };
     let interp = Interpreter::new(&g, &weights).unwrap();
-    let p = plan(&g, &interp, PlanOptions { weights: WeightFormat::F32, int8_prefill: false }).unwrap();
+    let p = plan(&g, &interp, PlanOptions { weights: WeightFormat::F32, int8_prefill: false, interleave_lanes: 0 })
+        .unwrap();
     (g, p)
 }
 

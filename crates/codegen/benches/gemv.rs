@@ -1,7 +1,10 @@
 //! GEMV (batch-1 matmul) throughput on SmolLM2-like shapes, one thread, every weight format,
 //! compared with a STREAM-style read of a large buffer.
 //!
-//! `cargo bench -p kiln-codegen --bench gemv` (`KILN_BENCH_FORMATS=f32,q4_0` for some formats only)
+//! `cargo bench -p kiln-codegen --bench gemv` (`KILN_BENCH_FORMATS=f32,q4_0` for some formats only;
+//! `KILN_BENCH_OFFSET=192` to start the weights 192 bytes into a page instead of on a page)
+//!
+//! f32 matrices run twice: in plain rows, and interleaved as CPU artifacts store them ("f32+i").
 //!
 //! Decoding streams every weight from memory once per token, so the number that matters is GB/s
 //! of weight bytes read. "cold" calls rotate over copies of the weights spanning more memory than
@@ -23,7 +26,7 @@ const ROUNDS: usize = 5;
 /// Each timed pass runs at least this long.
 const PASS_TIME: Duration = Duration::from_millis(50);
 
-const SHAPES: [(usize, usize); 3] = [(1536, 576), (576, 1536), (49152, 576)];
+const SHAPES: [(usize, usize); 5] = [(1536, 576), (576, 1536), (49152, 576), (576, 576), (192, 576)];
 /// A prompt-processing matmul, for a look at the M > 1 tiles.
 const PREFILL_SHAPE: (usize, usize) = (1536, 576);
 const PREFILL_ROWS: usize = 64;
@@ -50,18 +53,34 @@ fn main() {
     let wanted = std::env::var("KILN_BENCH_FORMATS").ok();
     let formats: Vec<WeightFormat> =
         FORMATS.into_iter().filter(|f| wanted.as_deref().is_none_or(|w| w.split(',').any(|x| x == f.name()))).collect();
+    // Unquantized formats twice: plain rows, and rows interleaved for the vector width as the
+    // planner stores them for CPU artifacts ("f32+i" rows).
     let mut kernels: Vec<(String, KernelSpec)> = formats
         .iter()
         .flat_map(|&format| SHAPES.iter().map(move |&(n, k)| (format, n, k)))
-        .map(|(format, n, k)| {
-            let spec = KernelSpec::Matmul { format, n, k, bias: false, cols_per_task: COLS_PER_TASK };
-            (format!("gemv_{}_{n}_{k}", format.name()), spec)
+        .flat_map(|(format, n, k)| {
+            let woven = kiln_codegen::pack::interleave_for(format, n, k, lanes as usize);
+            let layouts = if woven == 0 { vec![0] } else { vec![0, woven] };
+            layouts.into_iter().map(move |interleave| {
+                let spec = KernelSpec::Matmul { format, n, k, bias: false, cols_per_task: COLS_PER_TASK, interleave };
+                (format!("gemv_{}_{n}_{k}_{interleave}", format.name()), spec)
+            })
         })
         .collect();
     let (prefill_n, prefill_k) = PREFILL_SHAPE;
     for &format in &formats {
-        let spec = KernelSpec::Matmul { format, n: prefill_n, k: prefill_k, bias: false, cols_per_task: COLS_PER_TASK };
-        kernels.push((format!("prefill_{}", format.name()), spec));
+        let woven = kiln_codegen::pack::interleave_for(format, prefill_n, prefill_k, lanes as usize);
+        for interleave in if woven == 0 { vec![0] } else { vec![0, woven] } {
+            let spec = KernelSpec::Matmul {
+                format,
+                n: prefill_n,
+                k: prefill_k,
+                bias: false,
+                cols_per_task: COLS_PER_TASK,
+                interleave,
+            };
+            kernels.push((format!("prefill_{}_{interleave}", format.name()), spec));
+        }
     }
     let lib = Library::compile(&kernels);
 
@@ -70,13 +89,20 @@ fn main() {
         "format", "N", "K", "weight MB", "cold µs", "GB/s", "% read", "hot µs", "GB/s"
     );
     for (name, spec) in kernels.iter().filter(|(name, _)| name.starts_with("gemv_")) {
-        let KernelSpec::Matmul { format, n, k, .. } = *spec else { unreachable!() };
+        let KernelSpec::Matmul { format, n, k, interleave, .. } = *spec else { unreachable!() };
         let f = lib.get(name);
         let bytes = format.row_bytes(k) * n;
-        let weights = pack(format, n, k, &pseudo_random(n * k)).expect("pack");
-        let copies = (COLD_BYTES / bytes).max(1);
+        let mut weights = pack(format, n, k, &pseudo_random(n * k)).expect("pack");
+        if interleave != 0 {
+            weights = kiln_codegen::pack::interleave(format, n, k, interleave, &weights).expect("interleave");
+        }
+        let label = format!("{}{}", format.name(), if interleave != 0 { "+i" } else { "" });
+        let off = page_offset();
+        // Each copy starts `off` bytes into a page, as an artifact's matrices start on one.
+        let stride = bytes.next_multiple_of(4096);
+        let copies = ((COLD_BYTES - off - bytes) / stride + 1).max(1);
         for c in 0..copies {
-            arena[c * bytes..(c + 1) * bytes].copy_from_slice(&weights);
+            arena[off + c * stride..off + c * stride + bytes].copy_from_slice(&weights);
         }
         let mut a = pseudo_random(k);
         let mut out = vec![0.0f32; n];
@@ -86,7 +112,7 @@ fn main() {
             // SAFETY: copy < copies, so the weights lie inside the arena.
             let bufs = [
                 a.as_mut_ptr() as *mut u8,
-                unsafe { w.add(copy * bytes) },
+                unsafe { w.add(off + copy * stride) },
                 std::ptr::null_mut(),
                 out.as_mut_ptr() as *mut u8,
             ];
@@ -103,7 +129,7 @@ fn main() {
         let gbs = |t: f64| bytes as f64 / t / 1e9;
         println!(
             "{:<6} {:>6} {:>5} {:>9.2} | {:>9.1} {:>7.1} {:>6.0}% | {:>9.1} {:>7.1}",
-            format.name(),
+            label,
             n,
             k,
             bytes as f64 / 1e6,
@@ -118,9 +144,14 @@ fn main() {
     let m = PREFILL_ROWS;
     println!("\nprefill (M = {m}, N = {prefill_n}, K = {prefill_k}, weights in cache): 4×4 register tiles");
     println!("{:<6} {:>9} {:>8}", "format", "µs", "GFLOP/s");
-    for &format in &formats {
-        let f = lib.get(&format!("prefill_{}", format.name()));
+    for (name, spec) in kernels.iter().filter(|(name, _)| name.starts_with("prefill_")) {
+        let KernelSpec::Matmul { format, interleave, .. } = *spec else { unreachable!() };
+        let f = lib.get(name);
         let mut w = pack(format, prefill_n, prefill_k, &pseudo_random(prefill_n * prefill_k)).expect("pack");
+        if interleave != 0 {
+            w = kiln_codegen::pack::interleave(format, prefill_n, prefill_k, interleave, &w).expect("interleave");
+        }
+        let label = format!("{}{}", format.name(), if interleave != 0 { "+i" } else { "" });
         let mut a = pseudo_random(m * prefill_k);
         let mut out = vec![0.0f32; m * prefill_n];
         let bufs = [a.as_mut_ptr() as *mut u8, w.as_mut_ptr(), std::ptr::null_mut(), out.as_mut_ptr() as *mut u8];
@@ -130,8 +161,14 @@ fn main() {
             .map(|_| time_per_call(|_| unsafe { f([m as i64].as_ptr(), bufs.as_ptr(), 0, tasks) }))
             .fold(f64::INFINITY, f64::min);
         let flops = 2.0 * (m * prefill_n * prefill_k) as f64;
-        println!("{:<6} {:>9.1} {:>8.1}", format.name(), t * 1e6, flops / t / 1e9);
+        println!("{:<6} {:>9.1} {:>8.1}", label, t * 1e6, flops / t / 1e9);
     }
+}
+
+/// Where in a page the weight copies start: `KILN_BENCH_OFFSET` bytes (default 0, page-aligned as
+/// artifacts store matrices): the interleaved f32 layout reads far slower from most offsets.
+fn page_offset() -> usize {
+    std::env::var("KILN_BENCH_OFFSET").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Seconds per call over one timed pass of at least [`PASS_TIME`]; `run(i)` makes call number i.

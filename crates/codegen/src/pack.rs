@@ -6,6 +6,10 @@
 //! `quantize_row_q4_0_ref`, and `block_q8_0` / `block_q4_0`), so GGUF tensors can be copied as they
 //! are, and a matrix quantized here gives the bytes llama.cpp would write.
 //!
+//! For CPU matmuls over f32 weights the rows are also [`interleave`]d: each group of
+//! [`ROW_GROUP`] rows takes turns a cache line at a time, so the kernels' 4-column tiles read one
+//! sequential stream instead of four ([`interleave_for`] says when).
+//!
 //! [`unpack`] is the exact dequantization the kernels perform (`d · q` is exact in f32: an 11-bit
 //! f16 mantissa times an integer of at most 8 bits), which makes it the reference kernels are
 //! tested against.
@@ -83,6 +87,90 @@ pub fn unpack(format: WeightFormat, rows: usize, k: usize, bytes: &[u8]) -> Resu
         }),
     }
     Ok(out)
+}
+
+/// Rows per interleaved group: the matmul kernels' tile width (`gemm::COL_BLOCK`).
+pub const ROW_GROUP: usize = 4;
+
+/// The interleave (elements per chunk, 0 for plain rows) Kiln stores a `[rows, k]` weight in for a
+/// CPU with `lanes`-wide vectors (0: a target that takes plain rows, such as a GPU): a 64-byte
+/// cache line of each row per chunk (or one vector, if wider), for f32 weights when K is whole
+/// chunks and the rows are whole groups.
+///
+/// Only f32: `benches/gemv.rs` on SmolLM2's shapes reads f32 GEMVs 7–12% faster interleaved, but
+/// bf16 and f16 ones 6–9% slower (in chunks of one vector or of a whole line alike), though they
+/// are far from compute-bound. Quantized rows stay plain: their 18- or 34-byte blocks are not
+/// vectors.
+pub fn interleave_for(format: WeightFormat, rows: usize, k: usize, lanes: usize) -> usize {
+    if lanes == 0 || format != WeightFormat::F32 {
+        return 0;
+    }
+    let chunk = lanes.max(64 / format.row_bytes(1));
+    if k.is_multiple_of(chunk) && rows.is_multiple_of(ROW_GROUP) {
+        chunk
+    } else {
+        0
+    }
+}
+
+/// Reorders a packed unquantized `[rows, k]` matrix (`rows` a multiple of [`ROW_GROUP`], `k` of
+/// `chunk`) so that each group of [`ROW_GROUP`] rows is stored chunk by chunk: elements
+/// `c·chunk .. (c+1)·chunk` of the group's first row, then of its second, ... then chunk `c + 1`.
+/// Element `e` of row `r` then sits at element offset
+/// `(r − r % 4)·k + (e / chunk)·4·chunk + (r % 4)·chunk + e % chunk`.
+///
+/// Why: a batch-1 matmul tile reads 4 rows side by side. As plain rows that is four streams
+/// `row_bytes` apart, which this machine serves at 14.5–15.5 GB/s to an f32 GEMV; interleaved it
+/// is one sequential stream, read at 16–17 GB/s when the matrix starts on a page boundary (as the
+/// artifact writer puts it) and at about 14 GB/s when it does not (docs/bench.md).
+pub fn interleave(format: WeightFormat, rows: usize, k: usize, chunk: usize, bytes: &[u8]) -> Result<Vec<u8>> {
+    let plan = interleave_plan("interleave", format, rows, k, chunk, bytes)?;
+    let mut out = vec![0u8; bytes.len()];
+    for (plain, woven, len) in plan {
+        out[woven..woven + len].copy_from_slice(&bytes[plain..plain + len]);
+    }
+    Ok(out)
+}
+
+/// The inverse of [`interleave`]: plain rows again.
+pub fn deinterleave(format: WeightFormat, rows: usize, k: usize, chunk: usize, bytes: &[u8]) -> Result<Vec<u8>> {
+    let plan = interleave_plan("deinterleave", format, rows, k, chunk, bytes)?;
+    let mut out = vec![0u8; bytes.len()];
+    for (plain, woven, len) in plan {
+        out[plain..plain + len].copy_from_slice(&bytes[woven..woven + len]);
+    }
+    Ok(out)
+}
+
+/// Every chunk's (plain offset, interleaved offset, length) in bytes, after checking the shape.
+fn interleave_plan(
+    op: &str,
+    format: WeightFormat,
+    rows: usize,
+    k: usize,
+    chunk: usize,
+    bytes: &[u8],
+) -> Result<impl Iterator<Item = (usize, usize, usize)>> {
+    let len = packed_len(op, format, rows, k)?;
+    let fail = |message: String| Err(shape_error(op, format, rows, k, message));
+    if format.block() != 1 {
+        return fail("quantized rows are not interleaved".to_string());
+    }
+    if chunk == 0 || !k.is_multiple_of(chunk) || !rows.is_multiple_of(ROW_GROUP) {
+        return fail(format!("needs K a multiple of the {chunk}-element chunk and rows a multiple of {ROW_GROUP}"));
+    }
+    if bytes.len() != len {
+        return fail(format!("expected {len} bytes, got {}", bytes.len()));
+    }
+    let (row_bytes, chunk_bytes) = (format.row_bytes(k), format.row_bytes(chunk));
+    let chunks = k / chunk;
+    Ok((0..rows).flat_map(move |r| {
+        let group = (r - r % ROW_GROUP) * row_bytes;
+        (0..chunks).map(move |c| {
+            let woven = group + (c * ROW_GROUP + r % ROW_GROUP) * chunk_bytes;
+            (r * row_bytes + c * chunk_bytes, woven, chunk_bytes)
+        })
+    }))
 }
 
 /// One `block_q8_0`: `d = amax / 127` as f16, then `q = round(x / d)` (half away from zero).

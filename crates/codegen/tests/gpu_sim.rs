@@ -105,7 +105,7 @@ fn matmul_and_embedding() {
             let w = r.vec(n * k, -1.0, 1.0);
             cases.push(Case {
                 what: format!("matmul {} m{m} n{n} k{k}", format.name()),
-                spec: KernelSpec::Matmul { format, n, k, bias, cols_per_task: 16 },
+                spec: KernelSpec::Matmul { format, n, k, bias, cols_per_task: 16, interleave: 0 },
                 dims: vec![m as i64],
                 tasks: n.div_ceil(16) as i64,
                 bufs: vec![
@@ -119,7 +119,7 @@ fn matmul_and_embedding() {
         let (vocab, dim) = (20, 64);
         cases.push(Case {
             what: format!("embedding {}", format.name()),
-            spec: KernelSpec::Embedding { format, vocab, dim },
+            spec: KernelSpec::Embedding { format, vocab, dim, interleave: 0 },
             dims: vec![4],
             tasks: 4,
             bufs: vec![
@@ -134,7 +134,7 @@ fn matmul_and_embedding() {
         let (m, n, k) = (5, 9, 100);
         cases.push(Case {
             what: format!("matmul {} tail", format.name()),
-            spec: KernelSpec::Matmul { format, n, k, bias: true, cols_per_task: 16 },
+            spec: KernelSpec::Matmul { format, n, k, bias: true, cols_per_task: 16, interleave: 0 },
             dims: vec![m as i64],
             tasks: 1,
             bufs: vec![

@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use kiln_codegen::kernels::matmul::COLS_PER_TASK;
 use kiln_codegen::kernels::testing::{build, build_with_lanes, ptr, TestLib};
 use kiln_codegen::kernels::{KernelCx, KernelSpec, WeightFormat};
-use kiln_codegen::pack::{pack, unpack};
+use kiln_codegen::pack::{deinterleave, interleave, pack, unpack};
 use kiln_ir::interp::testing::SplitMix64;
 
 const FORMATS: [WeightFormat; 5] =
@@ -51,12 +51,14 @@ struct Case {
     bias: bool,
     cols_per_task: usize,
     seed: u64,
+    /// Rows interleaved by this many elements (0: plain rows).
+    interleave: usize,
 }
 
 impl Case {
     fn spec(&self) -> KernelSpec {
-        let Case { format, n, k, bias, cols_per_task, .. } = *self;
-        KernelSpec::Matmul { format, n, k, bias, cols_per_task }
+        let Case { format, n, k, bias, cols_per_task, interleave, .. } = *self;
+        KernelSpec::Matmul { format, n, k, bias, cols_per_task, interleave }
     }
 }
 
@@ -67,17 +69,20 @@ fn check_matmul_lanes(case: Case, lanes: Option<u32>) {
 }
 
 fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, cols_per_task: usize, seed: u64) {
-    check_matmul_lanes(Case { format, m, n, k, bias, cols_per_task, seed }, None);
+    check_matmul_lanes(Case { format, m, n, k, bias, cols_per_task, seed, interleave: 0 }, None);
 }
 
 /// Runs kernel `name` of `lib` (compiled from `case.spec()`) for every task split and checks it
 /// against the reference.
 fn check_matmul_in(lib: &TestLib, name: &str, case: Case) {
-    let Case { format, m, n, k, bias, cols_per_task, seed } = case;
+    let Case { format, m, n, k, bias, cols_per_task, seed, interleave: chunk } = case;
     let mut rng = SplitMix64::new(seed);
     let a = rng.vec(m * k, -1.0, 1.0);
-    let packed = pack(format, n, k, &rng.vec(n * k, -1.0, 1.0)).unwrap();
+    let mut packed = pack(format, n, k, &rng.vec(n * k, -1.0, 1.0)).unwrap();
     let w = unpack(format, n, k, &packed).unwrap();
+    if chunk != 0 {
+        packed = interleave(format, n, k, chunk, &packed).unwrap();
+    }
     let bias_v = rng.vec(n, -1.0, 1.0);
     let (want, mag) = reference(&a, &w, bias.then_some(&bias_v[..]), m, n, k);
     let tasks = n.div_ceil(cols_per_task) as i64;
@@ -117,7 +122,7 @@ fn matmul_matches_reference_for_every_format_and_shape() {
                 for bias in [false, true] {
                     cases.push((
                         format!("mm_{n}_{k}_{bias}"),
-                        Case { format, m: 0, n, k, bias, cols_per_task: COLS_PER_TASK, seed: 0 },
+                        Case { format, m: 0, n, k, bias, cols_per_task: COLS_PER_TASK, seed: 0, interleave: 0 },
                     ));
                 }
             }
@@ -158,7 +163,7 @@ fn narrower_vector_units_give_the_same_results() {
     for lanes in [8, 4] {
         for (i, format) in FORMATS.into_iter().enumerate() {
             let seed = 300 + 10 * i as u64;
-            let case = Case { format, m: 1, n: 7, k: 96, bias: true, cols_per_task: 4, seed };
+            let case = Case { format, m: 1, n: 7, k: 96, bias: true, cols_per_task: 4, seed, interleave: 0 };
             check_matmul_lanes(case, Some(lanes));
             check_matmul_lanes(
                 Case { m: 6, n: 9, k: 64, bias: false, cols_per_task: 16, seed: seed + 1, ..case },
@@ -172,8 +177,54 @@ fn narrower_vector_units_give_the_same_results() {
 }
 
 #[test]
+fn matmul_reads_interleaved_rows() {
+    // Every unquantized format at the host's width and the AVX2/SSE widths, in chunks of one
+    // vector and of several (a cache line of bf16 is two AVX-512 vectors); decode (M = 1, 3) and
+    // prefill tiles (M ≥ 4), one task and several per call.
+    let host = kiln_codegen::kernels::target_lanes(&kiln_codegen::host_machine().unwrap()) as usize;
+    let mut seed = 700;
+    for (lanes, width) in [(None, host), (Some(8), 8), (Some(4), 4)] {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
+            for chunk in [width, 2 * width, 4 * width] {
+                for (n, k, cols_per_task) in [(4, 16usize, 4), (100, 64, 16), (64, 576, 16), (12, 32, 8)] {
+                    if !k.is_multiple_of(chunk) {
+                        continue;
+                    }
+                    for (m, bias) in [(1, true), (3, false), (9, true)] {
+                        seed += 1;
+                        let case = Case { format, m, n, k, bias, cols_per_task, seed, interleave: chunk };
+                        check_matmul_lanes(case, lanes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn interleaved_specs_the_kernels_cannot_read_are_rejected() {
+    let host = kiln_codegen::kernels::target_lanes(&kiln_codegen::host_machine().unwrap()) as usize;
+    let bad = [
+        (WeightFormat::Q8_0, 8, 64, 16, host),    // quantized rows are never interleaved
+        (WeightFormat::F32, 6, 64, 16, host),     // N not whole groups of 4 rows
+        (WeightFormat::F32, 8, 40, 16, 16),       // K not whole chunks
+        (WeightFormat::F32, 8, 64, 6, host),      // tasks splitting a group
+        (WeightFormat::F32, 8, 96, 16, 3 * host), // chunks of 3 vectors
+        (WeightFormat::F32, 8, 64, 16, host / 2), // chunks of half a vector
+    ];
+    for (format, n, k, cols_per_task, interleave) in bad {
+        let spec = KernelSpec::Matmul { format, n, k, bias: false, cols_per_task, interleave };
+        let err = build(&[("mm", spec)]).err().expect("a kernel that cannot read the layout must be refused");
+        assert!(err.to_string().contains("interleaved"), "{err}");
+    }
+    let spec = KernelSpec::Embedding { format: WeightFormat::F32, vocab: 37, dim: 64, interleave: host };
+    assert!(build(&[("emb", spec)]).is_err(), "37 rows are not whole groups");
+}
+
+#[test]
 fn matmul_with_zero_rows_writes_nothing() {
-    let spec = KernelSpec::Matmul { format: WeightFormat::F16, n: 8, k: 32, bias: false, cols_per_task: 4 };
+    let spec =
+        KernelSpec::Matmul { format: WeightFormat::F16, n: 8, k: 32, bias: false, cols_per_task: 4, interleave: 0 };
     let lib = build(&[("mm", spec)]).unwrap();
     let mut w = pack(WeightFormat::F16, 8, 32, &[1.0; 256]).unwrap();
     let mut sentinel = [7.0f32; 4];
@@ -185,61 +236,107 @@ fn matmul_with_zero_rows_writes_nothing() {
 #[test]
 fn matmul_rejects_bad_specs() {
     for (format, k, cpt) in [(WeightFormat::Q8_0, 48, 16), (WeightFormat::Q4_0, 33, 16), (WeightFormat::F32, 32, 0)] {
-        let spec = KernelSpec::Matmul { format, n: 4, k, bias: false, cols_per_task: cpt };
+        let spec = KernelSpec::Matmul { format, n: 4, k, bias: false, cols_per_task: cpt, interleave: 0 };
         let err = build(&[("mm", spec)]).err().expect("a bad spec must be rejected");
         assert!(err.to_string().contains("mm"), "{err}");
     }
-    let spec = KernelSpec::Embedding { format: WeightFormat::Q4_0, vocab: 4, dim: 40 };
+    let spec = KernelSpec::Embedding { format: WeightFormat::Q4_0, vocab: 4, dim: 40, interleave: 0 };
     assert!(build(&[("emb", spec)]).is_err());
 }
 
 #[test]
 fn embedding_matches_unpacked_rows_and_zeros_bad_ids() {
-    let (vocab, mut seed) = (37, 50);
+    let mut seed = 50;
     // The host's vector width on several sizes; the AVX2/SSE paths on a block and a tail.
     let cases: [(Option<u32>, Vec<usize>); 3] =
         [(None, vec![32, 64, 576, 35]), (Some(8), vec![64, 35]), (Some(4), vec![64, 35])];
     for format in FORMATS {
         for (lanes, dims) in &cases {
             for &dim in dims {
-                if !dim.is_multiple_of(format.block()) {
-                    continue;
-                }
-                seed += 1;
-                let mut rng = SplitMix64::new(seed);
-                let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim, -1.0, 1.0)).unwrap();
-                let rows = unpack(format, vocab, dim, &table).unwrap();
-                let spec = KernelSpec::Embedding { format, vocab, dim };
-                let lib = build_lib(&[("emb", spec)], *lanes);
-                let mut ids: Vec<i32> = vec![0, 36, 5, -1, 37, 5, i32::MAX, i32::MIN, 12];
-                for splits in [1, 3, 7] {
-                    let mut out = vec![f32::NAN; ids.len() * dim];
-                    // SAFETY: buffers match the Embedding contract for dims [ids.len()].
-                    unsafe {
-                        lib.call(
-                            "emb",
-                            &[ids.len() as i64],
-                            &[ptr(&mut table), ptr(&mut ids), ptr(&mut out)],
-                            ids.len() as i64,
-                            splits,
-                        )
-                    };
-                    for (r, &id) in ids.iter().enumerate() {
-                        let got = &out[r * dim..(r + 1) * dim];
-                        let ok = (0..vocab as i64).contains(&i64::from(id));
-                        let want: Vec<f32> =
-                            if ok { rows[id as usize * dim..(id as usize + 1) * dim].to_vec() } else { vec![0.0; dim] };
-                        assert_eq!(
-                            got,
-                            &want[..],
-                            "{} lanes={lanes:?} dim={dim} id={id} splits={splits}",
-                            format.name()
-                        );
-                    }
+                if dim.is_multiple_of(format.block()) {
+                    seed += 1;
+                    check_embedding(format, *lanes, 37, dim, 0, seed);
                 }
             }
         }
     }
+}
+
+#[test]
+fn embedding_reads_interleaved_rows() {
+    // A table tied to the output projection is stored as that matmul reads it.
+    let host = kiln_codegen::kernels::target_lanes(&kiln_codegen::host_machine().unwrap()) as usize;
+    let mut seed = 90;
+    for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
+        for (lanes, width) in [(None, host), (Some(8), 8), (Some(4), 4)] {
+            for dim in [32, 64, 576] {
+                for chunk in [width, 2 * width] {
+                    seed += 1;
+                    check_embedding(format, lanes, 40, dim, chunk, seed);
+                }
+            }
+        }
+    }
+}
+
+/// Looks up ids in and out of range in a `[vocab, dim]` table (rows interleaved by `chunk`
+/// elements unless 0), checking every row against the unpacked table.
+fn check_embedding(format: WeightFormat, lanes: Option<u32>, vocab: usize, dim: usize, chunk: usize, seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    let mut table = pack(format, vocab, dim, &rng.vec(vocab * dim, -1.0, 1.0)).unwrap();
+    let rows = unpack(format, vocab, dim, &table).unwrap();
+    if chunk != 0 {
+        table = interleave(format, vocab, dim, chunk, &table).unwrap();
+    }
+    let spec = KernelSpec::Embedding { format, vocab, dim, interleave: chunk };
+    let lib = build_lib(&[("emb", spec)], lanes);
+    let mut ids: Vec<i32> = vec![0, 36, 5, -1, vocab as i32, 5, i32::MAX, i32::MIN, 12, vocab as i32 - 1];
+    for splits in [1, 3, 7] {
+        let mut out = vec![f32::NAN; ids.len() * dim];
+        // SAFETY: buffers match the Embedding contract for dims [ids.len()].
+        unsafe {
+            lib.call(
+                "emb",
+                &[ids.len() as i64],
+                &[ptr(&mut table), ptr(&mut ids), ptr(&mut out)],
+                ids.len() as i64,
+                splits,
+            )
+        };
+        for (r, &id) in ids.iter().enumerate() {
+            let got = &out[r * dim..(r + 1) * dim];
+            let ok = (0..vocab as i64).contains(&i64::from(id));
+            let want: Vec<f32> =
+                if ok { rows[id as usize * dim..(id as usize + 1) * dim].to_vec() } else { vec![0.0; dim] };
+            assert_eq!(got, &want[..], "{} lanes={lanes:?} dim={dim} id={id} splits={splits}", format.name());
+        }
+    }
+}
+
+#[test]
+fn interleaving_moves_each_chunk_and_undoes() {
+    let (rows, k, chunk) = (8, 12, 4);
+    let data: Vec<f32> = (0..rows * k).map(|i| i as f32).collect();
+    let plain = pack(WeightFormat::F32, rows, k, &data).unwrap();
+    let woven = interleave(WeightFormat::F32, rows, k, chunk, &plain).unwrap();
+    let values = unpack(WeightFormat::F32, rows, k, &woven).unwrap();
+    // Element e of row r at (r − r % 4)·k + (e / chunk)·4·chunk + (r % 4)·chunk + e % chunk.
+    for r in 0..rows {
+        for e in 0..k {
+            let at = (r - r % 4) * k + (e / chunk) * 4 * chunk + (r % 4) * chunk + e % chunk;
+            assert_eq!(values[at], data[r * k + e], "row {r} element {e}");
+        }
+    }
+    assert_eq!(deinterleave(WeightFormat::F32, rows, k, chunk, &woven).unwrap(), plain);
+    let halves = pack(WeightFormat::Bf16, rows, k, &data).unwrap();
+    let back = interleave(WeightFormat::Bf16, rows, k, chunk, &halves).unwrap();
+    assert_eq!(deinterleave(WeightFormat::Bf16, rows, k, chunk, &back).unwrap(), halves);
+    // Shapes the layout does not cover are errors, not garbage.
+    assert!(interleave(WeightFormat::F32, 6, k, chunk, &pack(WeightFormat::F32, 6, k, &data[..72]).unwrap()).is_err());
+    assert!(interleave(WeightFormat::F32, rows, k, 5, &plain).is_err());
+    assert!(interleave(WeightFormat::F32, rows, k, chunk, &plain[4..]).is_err());
+    let q = pack(WeightFormat::Q8_0, 4, 32, &[0.5; 128]).unwrap();
+    assert!(interleave(WeightFormat::Q8_0, 4, 32, 32, &q).is_err());
 }
 
 #[test]
@@ -357,7 +454,8 @@ fn inner_loops_are_vector_fmas() {
     let context = kiln_codegen::inkwell::context::Context::create();
     let cx = KernelCx::new(&context, "asm", lanes);
     for format in FORMATS {
-        let spec = KernelSpec::Matmul { format, n: 1536, k: 576, bias: false, cols_per_task: COLS_PER_TASK };
+        let spec =
+            KernelSpec::Matmul { format, n: 1536, k: 576, bias: false, cols_per_task: COLS_PER_TASK, interleave: 0 };
         kiln_codegen::kernels::emit_kernel(&cx, &format!("mm_{}", format.name()), &spec).unwrap();
     }
     kiln_codegen::optimize(&cx.module, &target, kiln_codegen::DEFAULT_PIPELINE).unwrap();

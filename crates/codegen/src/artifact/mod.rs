@@ -162,7 +162,11 @@ pub fn compile(
         && opts.kernels == KernelTarget::Cpu
         && target.has_feature("avx512f")
         && target.has_feature("avx512vnni");
-    let plan = plan(graph, &interp, PlanOptions { weights: opts.weights, int8_prefill })?;
+    let interleave_lanes = match opts.kernels {
+        KernelTarget::Cpu => crate::kernels::target_lanes(&target) as usize,
+        KernelTarget::Cuda { .. } | KernelTarget::CudaSim => 0,
+    };
+    let plan = plan(graph, &interp, PlanOptions { weights: opts.weights, int8_prefill, interleave_lanes })?;
     drop(interp);
     let secs_plan = t.elapsed().as_secs_f64();
     let t = Instant::now();

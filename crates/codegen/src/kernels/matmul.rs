@@ -13,6 +13,7 @@ mod embedding;
 mod gemm;
 mod int8;
 mod ir;
+mod layout;
 mod quantize;
 
 use super::builder::{llvm_err, KernelCx};
@@ -34,14 +35,16 @@ pub const COLS_PER_TASK: usize = 16;
 /// Emits a `Matmul` or `Embedding` kernel.
 pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec) -> Result<()> {
     match *spec {
-        KernelSpec::Matmul { format, n, k, bias, cols_per_task } => {
-            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task, int8: false })
+        KernelSpec::Matmul { format, n, k, bias, cols_per_task, interleave } => {
+            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task, int8: false, interleave })
         }
         KernelSpec::MatmulI8 { format, n, k, bias, cols_per_task } => {
-            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task, int8: true })
+            gemm::emit(cx, name, &gemm::MatmulShape { format, n, k, bias, cols_per_task, int8: true, interleave: 0 })
         }
         KernelSpec::QuantizeRows { k } => quantize::emit(cx, name, k),
-        KernelSpec::Embedding { format, vocab, dim } => embedding::emit(cx, name, format, vocab, dim),
+        KernelSpec::Embedding { format, vocab, dim, interleave } => {
+            embedding::emit(cx, name, format, vocab, dim, interleave)
+        }
         _ => Err(llvm_err(format!("{name}: matmul::emit cannot generate {} kernels", spec.kind()))),
     }
 }

@@ -106,7 +106,17 @@ pub enum KernelSpec {
     /// `out[M,N] = a[M,K] · wᵀ (+ bias[N])`, w packed `[N,K]`.
     /// dims `[M]`; bufs `[a, w, bias|null, out]`; tasks `ceil(N / cols_per_task)`, each task all M
     /// rows of its column block (weights are read once per call: decoding is memory-bound).
-    Matmul { format: WeightFormat, n: usize, k: usize, bias: bool, cols_per_task: usize },
+    /// `interleave` > 0: w's rows are [`crate::pack::interleave`]d in chunks of that many elements
+    /// (CPU kernels only, equal to the vector lanes).
+    Matmul {
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+        bias: bool,
+        cols_per_task: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        interleave: usize,
+    },
     /// `matmul` over Q8_0/Q4_0 weights whose prefill (M ≥ 4) multiplies int8-quantized activations
     /// (`a_q`, written by `quantize_rows` from `a`) with VNNI integer dot products, as llama.cpp
     /// does; decoding (M < 4) runs the exact f32 `matmul` path on `a`. Needs AVX512-VNNI and
@@ -121,8 +131,15 @@ pub enum KernelSpec {
     /// dims `[rows]`; bufs `[x, out]`; tasks `rows`.
     QuantizeRows { k: usize },
     /// `out[R,D] = table[ids[r]]` dequantized to f32, table packed `[V,D]`.
-    /// dims `[R]`; bufs `[table, ids i32, out]`; tasks `R`.
-    Embedding { format: WeightFormat, vocab: usize, dim: usize },
+    /// dims `[R]`; bufs `[table, ids i32, out]`; tasks `R`. `interleave` as for `Matmul` (a table
+    /// tied to the output projection is stored as that matmul reads it).
+    Embedding {
+        format: WeightFormat,
+        vocab: usize,
+        dim: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        interleave: usize,
+    },
     /// An elementwise expression (`kiln_ir::op::expr` syntax, `$i` = operand i) over operands
     /// broadcast to a `[rows, cols]` f32 result. dims `[rows]`; bufs `[x0, x1, ..., out]`; tasks
     /// `rows`.
@@ -239,4 +256,10 @@ impl KernelSpec {
             KernelSpec::Cast { .. } => "cast",
         }
     }
+}
+
+/// Serde's skip test for the default-zero fields (`interleave`), which keeps specs without them
+/// as they were.
+fn is_zero(x: &usize) -> bool {
+    *x == 0
 }

@@ -39,6 +39,10 @@ pub struct PlanOptions {
     /// Plan Q8_0/Q4_0 matmuls as `quantize_rows` + `matmul_i8` (int8-activation prefill; the
     /// caller checks that the target has AVX512-VNNI).
     pub int8_prefill: bool,
+    /// The CPU's vector lanes, to store unquantized matmul weights and embedding tables with
+    /// their rows interleaved for them ([`crate::pack::interleave_for`]); 0 for plain rows (GPU
+    /// kernels read those).
+    pub interleave_lanes: usize,
 }
 
 /// The result of planning: everything the artifact writer needs.
@@ -71,6 +75,14 @@ enum WeightUse {
     F32,
 }
 
+/// A weight matrix as stored: its buffer, format and row interleave (0: plain rows).
+#[derive(Clone, Copy, Debug)]
+struct PackedWeight {
+    buffer: usize,
+    format: WeightFormat,
+    interleave: usize,
+}
+
 struct Planner<'a> {
     g: &'a Graph,
     opts: PlanOptions,
@@ -82,7 +94,7 @@ struct Planner<'a> {
     value_buf: HashMap<NodeId, usize>,
     /// The steps each run-time node was planned into (speculative copies not included).
     node_steps: HashMap<NodeId, Range<usize>>,
-    weight_buf: HashMap<(NodeId, WeightUse), (usize, WeightFormat)>,
+    weight_buf: HashMap<(NodeId, WeightUse), PackedWeight>,
     kernels: Vec<(String, KernelSpec)>,
     kernel_index: HashMap<String, usize>,
     steps: Vec<Step>,
@@ -208,13 +220,13 @@ impl<'a> Planner<'a> {
             return Ok(b);
         }
         if self.folded.contains_key(&n) {
-            return Ok(self.weight(n, WeightUse::F32)?.0);
+            return Ok(self.weight(n, WeightUse::F32)?.buffer);
         }
         Err(plan_err(self.label(n), "value used before it is computed (planner bug)"))
     }
 
     /// The weight buffer for a folded value in the given use, packing it on first use.
-    fn weight(&mut self, n: NodeId, usage: WeightUse) -> Result<(usize, WeightFormat)> {
+    fn weight(&mut self, n: NodeId, usage: WeightUse) -> Result<PackedWeight> {
         if let Some(&b) = self.weight_buf.get(&(n, usage)) {
             return Ok(b);
         }
@@ -225,8 +237,8 @@ impl<'a> Planner<'a> {
         let label = self.label(n).to_string();
         let data = t.as_f32().ok_or_else(|| plan_err(&label, "integer weights are not supported"))?;
         let tensor = format!("w{}", self.weights.len());
-        let (bytes, format) = match usage {
-            WeightUse::F32 => (data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), WeightFormat::F32),
+        let (bytes, format, interleave) = match usage {
+            WeightUse::F32 => (data.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), WeightFormat::F32, 0),
             WeightUse::Rows(f) | WeightUse::TransposedRows(f) => {
                 let [r, c] = t.shape[..] else {
                     return Err(plan_err(&label, format!("a weight matrix must be 2-D, found shape {:?}", t.shape)));
@@ -250,7 +262,11 @@ impl<'a> Planner<'a> {
                         .push(format!("{label}: rows of {k} are not whole {}-blocks; stored as f32", f.name()));
                     WeightFormat::F32
                 };
-                (crate::pack::pack(f, rows, k, &data)?, f)
+                let packed = crate::pack::pack(f, rows, k, &data)?;
+                match crate::pack::interleave_for(f, rows, k, self.opts.interleave_lanes) {
+                    0 => (packed, f, 0),
+                    chunk => (crate::pack::interleave(f, rows, k, chunk, &packed)?, f, chunk),
+                }
             }
         };
         let len = bytes.len();
@@ -258,8 +274,9 @@ impl<'a> Planner<'a> {
         let elem = if format == WeightFormat::F32 { ElemType::F32 } else { ElemType::U8 };
         let count = if elem == ElemType::F32 { len / 4 } else { len };
         let b = self.buffer(&label, elem, DimExpr::c(count as i64), Storage::Weight { tensor });
-        self.weight_buf.insert((n, usage), (b, format));
-        Ok((b, format))
+        let packed = PackedWeight { buffer: b, format, interleave };
+        self.weight_buf.insert((n, usage), packed);
+        Ok(packed)
     }
 
     /// The index of a kernel for `spec`, generating a name for a new one.

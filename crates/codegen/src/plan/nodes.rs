@@ -52,15 +52,14 @@ impl Planner<'_> {
             }
             OpKind::MatMul => self.matmul(n, &ops),
             OpKind::Embedding => {
-                let (table, _) = self.weight(ops[0], WeightUse::Rows(self.opts.weights))?;
-                let format = self.weight_buf[&(ops[0], WeightUse::Rows(self.opts.weights))].1;
+                let table = self.weight(ops[0], WeightUse::Rows(self.opts.weights))?;
                 let tt = &self.g.node(ops[0]).ty;
                 let (vocab, dim) = (const_dim(tt, 0, &label)?, const_dim(tt, 1, &label)?);
                 let ids = self.value(ops[1])?;
                 let r = self.syms.numel(&self.g.node(ops[1]).ty.shape, &label)?;
                 let out = self.result(n)?;
-                let spec = KernelSpec::Embedding { format, vocab, dim };
-                self.step(n, spec, vec![r.clone()], vec![buf(table), buf(ids), buf(out)], r);
+                let spec = KernelSpec::Embedding { format: table.format, vocab, dim, interleave: table.interleave };
+                self.step(n, spec, vec![r.clone()], vec![buf(table.buffer), buf(ids), buf(out)], r);
                 Ok(())
             }
             OpKind::RmsNorm | OpKind::LayerNorm => {
@@ -281,7 +280,8 @@ impl Planner<'_> {
         } else {
             WeightUse::TransposedRows(self.opts.weights)
         };
-        let (w, format) = self.weight(ops[1], usage)?;
+        let weight = self.weight(ops[1], usage)?;
+        let (w, format, interleave) = (weight.buffer, weight.format, weight.interleave);
         let bt = &self.g.node(ops[1]).ty;
         let (nn, k) = if node.attrs.flag("transpose_b") {
             (const_dim(bt, 0, &label)?, const_dim(bt, 1, &label)?)
@@ -309,7 +309,8 @@ impl Planner<'_> {
             }
             None => {
                 let cols_per_task = MATMUL_COLS_PER_TASK;
-                (KernelSpec::Matmul { format, n: nn, k, bias: bias_flag, cols_per_task }, cols_per_task)
+                let spec = KernelSpec::Matmul { format, n: nn, k, bias: bias_flag, cols_per_task, interleave };
+                (spec, cols_per_task)
             }
         };
         let tasks = DimExpr::c(nn.div_ceil(cols_per_task) as i64);

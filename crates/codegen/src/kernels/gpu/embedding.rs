@@ -12,9 +12,12 @@ use inkwell::values::{FloatValue, IntValue, PointerValue};
 const BLOCK: u32 = 256;
 
 pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {
-    let KernelSpec::Embedding { format, vocab: _, dim } = *spec else {
+    let KernelSpec::Embedding { format, vocab: _, dim, interleave } = *spec else {
         return Err(llvm_err(format!("{name}: not an embedding kernel")));
     };
+    if interleave != 0 {
+        return Err(llvm_err(format!("{name}: GPU kernels read plain rows, not rows interleaved by {interleave}")));
+    }
     if dim % format.block() != 0 {
         return Err(llvm_err(format!("{name}: rows of {dim} are not whole {} blocks", format.name())));
     }

@@ -34,9 +34,12 @@ struct Shape {
 }
 
 pub fn emit(cx: &KernelCx<'_>, name: &str, spec: &KernelSpec, arity: Arity) -> Result<Launch> {
-    let KernelSpec::Matmul { format, n, k, bias, cols_per_task } = *spec else {
+    let KernelSpec::Matmul { format, n, k, bias, cols_per_task, interleave } = *spec else {
         return Err(llvm_err(format!("{name}: gemv cannot emit {} kernels", spec.kind())));
     };
+    if interleave != 0 {
+        return Err(llvm_err(format!("{name}: GPU kernels read plain rows, not rows interleaved by {interleave}")));
+    }
     if k % format.block() != 0 || cols_per_task == 0 || cols_per_task > 32 {
         return Err(llvm_err(format!("{name}: K = {k} in {} with {cols_per_task} columns per task", format.name())));
     }
