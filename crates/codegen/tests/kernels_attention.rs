@@ -4,7 +4,7 @@
 //! through the KV cache with GQA/MQA, windows, soft-caps and explicit scales.
 
 use kiln_codegen::kernels::rope_params::rope_params;
-use kiln_codegen::kernels::testing::{build, ptr, rel_l2, TestLib};
+use kiln_codegen::kernels::testing::{build, build_with_lanes, ptr, rel_l2, TestLib};
 use kiln_codegen::kernels::{KernelSpec, RopeParams};
 use kiln_ir::interp::ops::attention::{attend, attention, rope, AttentionAttrs};
 use kiln_ir::interp::testing::SplitMix64;
@@ -134,6 +134,9 @@ struct Session {
     /// the running max moves).
     amplitude: f32,
     seed: u64,
+    /// Vector lanes to compile for (the host's when `None`): attention takes the cache this many
+    /// entries at a time.
+    lanes: Option<u32>,
 }
 
 impl Session {
@@ -150,6 +153,7 @@ impl Session {
             steps: vec![5, 1, 1, 1],
             amplitude: 1.0,
             seed: 7,
+            lanes: None,
         }
     }
 
@@ -166,7 +170,11 @@ impl Session {
             softcap: self.softcap,
             rope,
         };
-        build(&[("kv_append", append), ("attention", attend)]).expect("kernels compile")
+        let kernels = [("kv_append", append), ("attention", attend)];
+        match self.lanes {
+            None => build(&kernels).expect("kernels compile"),
+            Some(lanes) => build_with_lanes(&kernels, lanes).expect("kernels compile"),
+        }
     }
 
     /// Runs every step through the interpreter and the kernels, comparing the cache after
@@ -240,6 +248,18 @@ impl Session {
             }
             len += t;
         }
+    }
+}
+
+#[test]
+fn cache_blocks_of_every_vector_width() {
+    // Blocks of 16, 8 and 4 entries, whole and partial (a 37-token prefill, single decode steps, a
+    // 20-token chunk), with a sliding window masking inside blocks; the cache is exactly as long
+    // as the entries, so a partial block must not read past it.
+    for lanes in [None, Some(8), Some(4)] {
+        let session = Session { steps: vec![37, 1, 20, 1], window: Some(23), lanes, ..Session::new(9, 3, 64) };
+        session.check();
+        Session { steps: vec![19, 1, 1], lanes, seed: 11, ..Session::new(4, 1, 24) }.check();
     }
 }
 

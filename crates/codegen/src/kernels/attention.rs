@@ -3,12 +3,14 @@
 //! - `rotate`: RoPE in f64 like the interpreter, and the `rope` kernel;
 //! - `kv_append`: keys (post-RoPE), values and positions into the KV cache;
 //! - `attend`: one-pass online-softmax attention over the cache, one query head per task;
+//! - `block`: its update over a block of `lanes` cache entries at once;
 //! - `helpers`: IR helpers only these kernels need.
 //!
 //! For `attention`, `dims[1]` is the number of cache entries to attend over: the length after this
 //! step's `kv_append`, so a token sees itself.
 
 pub(crate) mod attend;
+mod block;
 mod helpers;
 mod kv_append;
 mod rotate;

@@ -4,17 +4,13 @@
 //! 1. q is rotated (f64 math, into a stack buffer) when the spec has RoPE, loaded as
 //!    `lanes`-wide vectors (head_dim is a constant: the head is fully unrolled, tails use
 //!    narrower vectors) and multiplied by the scale once, so scores need no extra multiply.
-//! 2. Each of the `len` cache entries j is checked against the mask (one i32 load and compare, so a
-//!    masked key costs almost nothing); visible ones get `s = q·k_j` (vector products summed pairwise,
-//!    one horizontal sum), the soft-cap, and an online-softmax update of (running max m, running sum l,
-//!    accumulator over head_dim). The mask is tested per key rather than by bounding the loop so
-//!    that any order of cached positions is correct, as in the interpreter.
+//! 2. The cache entries are taken `lanes` at a time ([`super::block`]): their scores `q·k_j` as one
+//!    vector, masked keys (causal, window; one vector compare of their positions) set to −∞, the
+//!    soft-cap, and one online-softmax update of (running max m, running sum l, accumulator over
+//!    head_dim) for the block; the last, partial block masks the entries past the end. The mask is
+//!    tested per key rather than only by bounding the loop so that any order of cached positions
+//!    is correct, as in the interpreter.
 //! 3. out = acc / l, or zeros when no key was visible (l = 0), like the interpreter.
-//!
-//! The update takes one `expf` per key: with m' = max(m, s), one of `exp(m − m')` (rescale of the
-//! old state) and `exp(s − m')` (weight of the new key) is exp(0) = 1, so we compute
-//! `e = exp(min(m, s) − m')` and route it by `s > m`. The first visible key meets m = −∞ and gets
-//! rescale exp(−∞) = 0, weight 1.
 //!
 //! Tasks are ordered (token, head); a call's range is walked token by token so the RoPE cos/sin of a
 //! token are computed once for all of its heads in the range.
@@ -41,11 +37,11 @@ pub struct AttentionSpec<'a> {
 }
 
 /// The buffers and run-time values every task reads.
-struct Operands<'ctx> {
+pub(super) struct Operands<'ctx> {
     q: PointerValue<'ctx>,
-    cache_k: PointerValue<'ctx>,
-    cache_v: PointerValue<'ctx>,
-    cache_pos: PointerValue<'ctx>,
+    pub(super) cache_k: PointerValue<'ctx>,
+    pub(super) cache_v: PointerValue<'ctx>,
+    pub(super) cache_pos: PointerValue<'ctx>,
     out: PointerValue<'ctx>,
     len: IntValue<'ctx>,
     /// Stack room for a rotated q (only with RoPE).
@@ -165,15 +161,14 @@ fn attend_one<'ctx>(
     let mut init: Vec<BasicValueEnum> = vec![cx.cf(f32::NEG_INFINITY).into(), cx.cf(0.0).into()];
     init.extend(chunks.iter().map(|&(_, w)| BasicValueEnum::from(cx.vf32(w).const_zero())));
     let end = if a.causal { causal_end(cx, ops, query.pos)? } else { ops.len };
-    let state = cx.for_range_acc(cx.c64(0), end, 1, &init, |j, cur| {
-        let kv_row = b.build_int_mul(j, cx.c64(a.kv_heads as i64), "jk").map_err(llvm_err)?;
-        let kv_row = b.build_int_add(kv_row, g, "jg").map_err(llvm_err)?;
-        let kv_row = b.build_int_mul(kv_row, cx.c64(a.head_dim as i64), "kvrow").map_err(llvm_err)?;
-        let update = || online_update(cx, a, ops, &q, &chunks, kv_row, cur);
-        match visible(cx, a, ops.cache_pos, query.pos, j)? {
-            Some(cond) => if_then_values(cx, cond, cur, update),
-            None => update(),
-        }
+    // Whole blocks of `lanes` entries ([`super::block`]), then the rest as one masked block.
+    let blocks_end = b.build_and(end, cx.c64(!(i64::from(cx.lanes) - 1)), "blocks").map_err(llvm_err)?;
+    let full = cx.for_range_acc(cx.c64(0), blocks_end, i64::from(cx.lanes), &init, |j0, cur| {
+        super::block::update(cx, a, ops, &q, &chunks, g, query.pos, j0, None, cur)
+    })?;
+    let rest = cx.icmp(IntPredicate::SLT, blocks_end, end)?;
+    let state = if_then_values(cx, rest, &full, || {
+        super::block::update(cx, a, ops, &q, &chunks, g, query.pos, blocks_end, Some(end), &full)
     })?;
 
     // out = acc / l; no visible key leaves l = 0 and acc = 0, and the output zeros.
@@ -261,48 +256,9 @@ pub(crate) fn visible<'ctx>(
     Ok(cond)
 }
 
-/// Scores cache entry `kv_row` and folds it into the state `[m, l, acc...]`.
-fn online_update<'ctx>(
-    cx: &KernelCx<'ctx>,
-    a: &AttentionSpec<'_>,
-    ops: &Operands<'ctx>,
-    q: &[VectorValue<'ctx>],
-    chunks: &[(usize, u32)],
-    kv_row: IntValue<'ctx>,
-    cur: &[BasicValueEnum<'ctx>],
-) -> Result<Vec<BasicValueEnum<'ctx>>> {
-    let b = &cx.builder;
-    let f32t = cx.f32().into();
-    let key = cx.gep(f32t, ops.cache_k, kv_row)?;
-    let value = cx.gep(f32t, ops.cache_v, kv_row)?;
-    let mut s = dot(cx, q, chunks, key)?;
-    if let Some(c) = a.softcap {
-        let x = b.build_float_div(s, cx.cf(c), "sc").map_err(llvm_err)?;
-        s = b.build_float_mul(cx.libm("tanhf", &[x])?, cx.cf(c), "capped").map_err(llvm_err)?;
-    }
-    let (m, l) = (cur[0].into_float_value(), cur[1].into_float_value());
-    let grows = cx.fcmp(FloatPredicate::OGT, s, m)?;
-    let select = |c: IntValue<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>| -> Result<FloatValue<'ctx>> {
-        Ok(b.build_select(c, x, y, "sel").map_err(llvm_err)?.into_float_value())
-    };
-    let new_m = select(grows, s, m)?;
-    let low = select(grows, m, s)?;
-    let e = cx.libm("expf", &[b.build_float_sub(low, new_m, "d").map_err(llvm_err)?])?;
-    let rescale = select(grows, e, cx.cf(1.0))?;
-    let weight = select(grows, cx.cf(1.0), e)?;
-    let new_l = cx.fma(l, rescale, weight)?;
-    let mut next = vec![new_m.into(), new_l];
-    for (&(off, w), acc) in chunks.iter().zip(&cur[2..]) {
-        let v = cx.load_vf32(value, cx.c64(off as i64), w)?;
-        let kept = b.build_float_mul(acc.into_vector_value(), cx.splat(rescale, w)?, "kept").map_err(llvm_err)?;
-        next.push(cx.fma(v, cx.splat(weight, w)?, kept)?);
-    }
-    Ok(next)
-}
-
 /// `q · key` over the head: products of each vector piece, summed pairwise (short dependency
 /// chains), then horizontally, one sum per piece width.
-fn dot<'ctx>(
+pub(super) fn dot<'ctx>(
     cx: &KernelCx<'ctx>,
     q: &[VectorValue<'ctx>],
     chunks: &[(usize, u32)],
