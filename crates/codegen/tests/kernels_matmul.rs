@@ -139,6 +139,20 @@ fn matmul_matches_reference_for_every_format_and_shape() {
 }
 
 #[test]
+fn matmul_row_blocks_cover_every_row_count() {
+    // Blocks of 6 rows, then 4, then single rows, for every remainder (M = 8 and 9 take two
+    // 4-row blocks instead of 6 + singles); plain, interleaved and quantized-panel weights.
+    for m in 1..=14 {
+        let seed = 500 + m as u64;
+        check_matmul(WeightFormat::Bf16, m, 12, 48, true, 8, seed);
+        check_matmul(WeightFormat::Q8_0, m, 8, 64, false, 4, seed);
+        let woven =
+            Case { format: WeightFormat::F32, m, n: 8, k: 64, bias: false, cols_per_task: 8, seed, interleave: 16 };
+        check_matmul_lanes(woven, None);
+    }
+}
+
+#[test]
 fn matmul_handles_k_tails_for_unquantized_formats() {
     // K not a multiple of 16 (AVX-512), 8 (AVX2) or 4: masked tail loads.
     for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
