@@ -140,8 +140,8 @@ fn matmul_matches_reference_for_every_format_and_shape() {
 
 #[test]
 fn matmul_row_blocks_cover_every_row_count() {
-    // Blocks of 6 rows, then 4, then single rows, for every remainder (M = 8 and 9 take two
-    // 4-row blocks instead of 6 + singles); plain, interleaved and quantized-panel weights.
+    // Blocks of 6 rows (AVX-512), then 4, then single rows, for every remainder (M = 8 and 9 take
+    // two 4-row blocks instead of 6 + singles); plain, interleaved and quantized-panel weights.
     for m in 1..=14 {
         let seed = 500 + m as u64;
         check_matmul(WeightFormat::Bf16, m, 12, 48, true, 8, seed);
@@ -149,6 +149,8 @@ fn matmul_row_blocks_cover_every_row_count() {
         let woven =
             Case { format: WeightFormat::F32, m, n: 8, k: 64, bias: false, cols_per_task: 8, seed, interleave: 16 };
         check_matmul_lanes(woven, None);
+        // AVX2 width: 4-row tiles only (6-row ones would spill its 16 registers).
+        check_matmul_lanes(Case { format: WeightFormat::F16, interleave: 0, ..woven }, Some(8));
     }
 }
 

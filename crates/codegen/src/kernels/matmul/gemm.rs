@@ -30,10 +30,10 @@ use inkwell::IntPredicate;
 
 /// Rows of `a` per tile (both ROW_BLOCK and COL_BLOCK must be powers of two).
 pub const ROW_BLOCK: u32 = 4;
-/// Rows of `a` per tile in the main part of a prefill: 6 × 4 tiles keep 24 accumulators, 4
-/// weight vectors and one activation vector in AVX-512's 32 registers and load 10 vectors per 24
-/// FMAs instead of 8 per 16 (f32, M = 64 in `benches/gemv.rs`: 121 instead of 113 GFLOP/s; 7 and
-/// 8 rows spill, 105 and 89).
+/// Rows of `a` per tile in the main part of a prefill on AVX-512: 6 × 4 tiles keep 24
+/// accumulators, 4 weight vectors and one activation vector in its 32 registers and load 10
+/// vectors per 24 FMAs instead of 8 per 16 (f32, M = 64 in `benches/gemv.rs`: 121–131 instead of
+/// 113 GFLOP/s; 7 and 8 rows spill, 105 and 89). Narrower targets keep 4-row tiles.
 const WIDE_ROW_BLOCK: u32 = 6;
 /// Weight rows (output columns) per tile.
 pub const COL_BLOCK: u32 = 4;
@@ -280,6 +280,12 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
     /// rows, then single rows.
     fn rows(&self, m: IntValue<'ctx>, c0: IntValue<'ctx>, c1: IntValue<'ctx>) -> Result<()> {
         let (cx, b) = (self.cx, &self.cx.builder);
+        // 6-row tiles need AVX-512's 32 vector registers; with 16 (AVX2) they would spill.
+        if cx.lanes < 16 || cx.gpu {
+            let m_main = b.build_and(m, cx.c64(!(i64::from(ROW_BLOCK) - 1)), "m4").map_err(llvm_err)?;
+            cx.for_range(cx.c64(0), m_main, i64::from(ROW_BLOCK), |i| self.sweep(i, ROW_BLOCK, c0, c1))?;
+            return cx.for_range(m_main, m, 1, |i| self.sweep(i, 1, c0, c1));
+        }
         let wide = i64::from(WIDE_ROW_BLOCK);
         // Blocks of 6 rows, leaving 0, 1, 4 or 5 (not 2 or 3: those become a 4-row block and
         // single rows, 8 or 9 rows being two 4-row blocks and at most one single row).
