@@ -161,12 +161,7 @@ impl<'ctx> KernelCx<'ctx> {
         idx: IntValue<'ctx>,
         align: u32,
     ) -> Result<BasicValueEnum<'ctx>> {
-        let p = self.gep(ty, base, idx)?;
-        let v = self.builder.build_load(ty, p, "ld").map_err(llvm_err)?;
-        if let Some(inst) = v.as_instruction_value() {
-            inst.set_alignment(align).map_err(llvm_err)?;
-        }
-        Ok(v)
+        self.load_ptr(ty, self.gep(ty, base, idx)?, align)
     }
 
     pub fn store(
@@ -191,9 +186,14 @@ impl<'ctx> KernelCx<'ctx> {
         bytes: IntValue<'ctx>,
         align: u32,
     ) -> Result<BasicValueEnum<'ctx>> {
-        let v = self.builder.build_load(ty, self.gep_bytes(base, bytes)?, "ld").map_err(llvm_err)?;
-        if let Some(i) = v.as_instruction_value() {
-            i.set_alignment(align).map_err(llvm_err)?;
+        self.load_ptr(ty, self.gep_bytes(base, bytes)?, align)
+    }
+
+    /// Loads a value of `ty` from `p` with alignment `align`.
+    fn load_ptr(&self, ty: BasicTypeEnum<'ctx>, p: PointerValue<'ctx>, align: u32) -> Result<BasicValueEnum<'ctx>> {
+        let v = self.builder.build_load(ty, p, "ld").map_err(llvm_err)?;
+        if let Some(inst) = v.as_instruction_value() {
+            inst.set_alignment(align).map_err(llvm_err)?;
         }
         Ok(v)
     }

@@ -81,18 +81,10 @@ pub(super) fn update<'ctx>(
     }
     let mut mask = visible_lanes(cx, a, ops, pos_q, j0, limit.map(|_| &entries[..]))?;
     if let Some(limit) = limit {
-        let vi64 = cx.i64().vec_type(lanes);
-        let splat = |x: IntValue<'ctx>| -> Result<VectorValue<'ctx>> {
-            let one = b.build_insert_element(vi64.get_undef(), x, cx.i32().const_zero(), "x").map_err(llvm_err)?;
-            b.build_shuffle_vector(one, vi64.get_undef(), cx.i32().vec_type(lanes).const_zero(), "xs").map_err(llvm_err)
-        };
         let steps: Vec<_> = (0..lanes).map(|i| cx.i64().const_int(u64::from(i), false)).collect();
-        let js = b.build_int_add(splat(j0)?, VectorType::const_vector(&steps), "js").map_err(llvm_err)?;
-        let inside = b.build_int_compare(IntPredicate::SLT, js, splat(limit)?, "inside").map_err(llvm_err)?;
-        mask = Some(match mask {
-            Some(m) => b.build_and(m, inside, "vis").map_err(llvm_err)?,
-            None => inside,
-        });
+        let js = b.build_int_add(int_splat(cx, j0)?, VectorType::const_vector(&steps), "js").map_err(llvm_err)?;
+        let inside = b.build_int_compare(IntPredicate::SLT, js, int_splat(cx, limit)?, "inside").map_err(llvm_err)?;
+        mask = Some(both(cx, mask, inside)?);
     }
     if let Some(visible) = mask {
         s = b.build_select(visible, s, vm.k(f32::NEG_INFINITY, lanes), "masked").map_err(llvm_err)?.into_vector_value();
@@ -238,13 +230,8 @@ fn visible_lanes<'ctx>(
             v
         }
     };
-    let splat_i32 = |x: IntValue<'ctx>| -> Result<VectorValue<'ctx>> {
-        let one = b.build_insert_element(vi32.get_undef(), x, cx.i32().const_zero(), "x").map_err(llvm_err)?;
-        b.build_shuffle_vector(one, vi32.get_undef(), vi32.const_zero(), "xs").map_err(llvm_err)
-    };
     // Positions are i32 (the cache stores them so), so pos_q fits and differences cannot overflow.
-    let q32 = b.build_int_truncate(pos_q, cx.i32(), "q32").map_err(llvm_err)?;
-    let pos_q = splat_i32(q32)?;
+    let pos_q = int_splat(cx, b.build_int_truncate(pos_q, cx.i32(), "q32").map_err(llvm_err)?)?;
     let mut mask = None;
     if a.causal {
         mask = Some(b.build_int_compare(IntPredicate::SLE, pos_k, pos_q, "causal").map_err(llvm_err)?);
@@ -252,11 +239,28 @@ fn visible_lanes<'ctx>(
     if let Some(w) = a.window {
         let age = b.build_int_sub(pos_q, pos_k, "age").map_err(llvm_err)?;
         let w32 = cx.i32().const_int(w.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as u64, true);
-        let inside = b.build_int_compare(IntPredicate::SLT, age, splat_i32(w32)?, "win").map_err(llvm_err)?;
-        mask = Some(match mask {
-            Some(m) => b.build_and(m, inside, "vis").map_err(llvm_err)?,
-            None => inside,
-        });
+        let inside = b.build_int_compare(IntPredicate::SLT, age, int_splat(cx, w32)?, "win").map_err(llvm_err)?;
+        mask = Some(both(cx, mask, inside)?);
     }
     Ok(mask)
+}
+
+/// `<lanes x iN>` copies of the integer `x`.
+fn int_splat<'ctx>(cx: &KernelCx<'ctx>, x: IntValue<'ctx>) -> Result<VectorValue<'ctx>> {
+    let b = &cx.builder;
+    let ty = x.get_type().vec_type(cx.lanes);
+    let one = b.build_insert_element(ty.get_undef(), x, cx.i32().const_zero(), "x").map_err(llvm_err)?;
+    b.build_shuffle_vector(one, ty.get_undef(), cx.i32().vec_type(cx.lanes).const_zero(), "xs").map_err(llvm_err)
+}
+
+/// The lanes set in both masks (`mask` absent: all set).
+fn both<'ctx>(
+    cx: &KernelCx<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+    other: VectorValue<'ctx>,
+) -> Result<VectorValue<'ctx>> {
+    match mask {
+        Some(m) => cx.builder.build_and(m, other, "vis").map_err(llvm_err),
+        None => Ok(other),
+    }
 }

@@ -26,7 +26,8 @@ pub fn emit(
     dim: usize,
     interleave: usize,
 ) -> Result<()> {
-    let fail = |why: &str| Err(llvm_err(format!("{name}: embedding {} [{vocab}, {dim}]: {why}", format.name())));
+    let err = |why: &str| llvm_err(format!("{name}: embedding {} [{vocab}, {dim}]: {why}", format.name()));
+    let fail = |why: &str| Err(err(why));
     if !dim.is_multiple_of(format.block()) {
         return fail(&format!("dim must be a multiple of the {}-element block", format.block()));
     }
@@ -35,8 +36,7 @@ pub fn emit(
         return fail("sizes overflow i64 offsets");
     }
     let dec = Decoder::new(cx, format)?;
-    let layout = RowLayout::new(format, dim, dec.unit_elems() as usize, interleave)
-        .map_err(|why| llvm_err(format!("{name}: embedding {} [{vocab}, {dim}]: {why}", format.name())))?;
+    let layout = RowLayout::new(format, dim, dec.unit_elems() as usize, interleave).map_err(|why| err(&why))?;
     let group = crate::pack::ROW_GROUP;
     if layout.interleaved() && !vocab.is_multiple_of(group) {
         return fail(&format!("rows interleaved by {interleave} need a vocab of whole groups of {group}"));

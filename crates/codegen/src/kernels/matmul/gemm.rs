@@ -64,7 +64,8 @@ pub struct MatmulShape {
 /// Emits the matmul kernel `name`.
 pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
     let &MatmulShape { format, n, k, bias, cols_per_task, int8, interleave } = shape;
-    let fail = |why: String| Err(llvm_err(format!("{name}: matmul {} n={n} k={k}: {why}", format.name())));
+    let err = |why: &str| llvm_err(format!("{name}: matmul {} n={n} k={k}: {why}", format.name()));
+    let fail = |why: String| Err(err(&why));
     if cols_per_task == 0 {
         return fail("cols_per_task must be at least 1".to_string());
     }
@@ -76,8 +77,7 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
         return fail("sizes overflow i64 offsets".to_string());
     }
     let dec = Decoder::new(cx, format)?;
-    let layout = RowLayout::new(format, k, dec.unit_elems() as usize, interleave)
-        .map_err(|why| llvm_err(format!("{name}: matmul {} n={n} k={k}: {why}", format.name())))?;
+    let layout = RowLayout::new(format, k, dec.unit_elems() as usize, interleave).map_err(|why| err(&why))?;
     let group = crate::pack::ROW_GROUP;
     if layout.interleaved() && (int8 || cx.gpu || !n.is_multiple_of(group) || !cols_per_task.is_multiple_of(group)) {
         return fail(format!(
@@ -280,15 +280,12 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
     /// rows, then single rows.
     fn rows(&self, m: IntValue<'ctx>, c0: IntValue<'ctx>, c1: IntValue<'ctx>) -> Result<()> {
         let (cx, b) = (self.cx, &self.cx.builder);
-        // 6-row tiles need AVX-512's 32 vector registers; with 16 (AVX2) they would spill.
-        if cx.lanes < 16 || cx.gpu {
-            let m_main = b.build_and(m, cx.c64(!(i64::from(ROW_BLOCK) - 1)), "m4").map_err(llvm_err)?;
-            cx.for_range(cx.c64(0), m_main, i64::from(ROW_BLOCK), |i| self.sweep(i, ROW_BLOCK, c0, c1))?;
-            return cx.for_range(m_main, m, 1, |i| self.sweep(i, 1, c0, c1));
-        }
-        let wide = i64::from(WIDE_ROW_BLOCK);
-        // Blocks of 6 rows, leaving 0, 1, 4 or 5 (not 2 or 3: those become a 4-row block and
-        // single rows, 8 or 9 rows being two 4-row blocks and at most one single row).
+        // 6-row tiles need AVX-512's 32 vector registers; with 16 (AVX2) they would spill, and the
+        // "wide" blocks are 4-row ones.
+        let wide_rows = if cx.lanes >= 16 && !cx.gpu { WIDE_ROW_BLOCK } else { ROW_BLOCK };
+        let wide = i64::from(wide_rows);
+        // Wide blocks, leaving 0, 1, 4 or 5 rows (not 2 or 3: a 6-row block gives them back and
+        // 8 or 9 rows become two 4-row blocks and at most one single row).
         let rem = b.build_int_unsigned_rem(m, cx.c64(wide), "rem").map_err(llvm_err)?;
         let short = b
             .build_and(
@@ -300,7 +297,7 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         let short = b.build_and(short, cx.icmp(IntPredicate::SGE, m, cx.c64(wide))?, "short6").map_err(llvm_err)?;
         let back = b.build_select(short, cx.c64(wide), cx.c64(0), "back").map_err(llvm_err)?.into_int_value();
         let m_big = b.build_int_sub(b.build_int_sub(m, rem, "m6").map_err(llvm_err)?, back, "mb").map_err(llvm_err)?;
-        cx.for_range(cx.c64(0), m_big, wide, |i| self.sweep(i, WIDE_ROW_BLOCK, c0, c1))?;
+        cx.for_range(cx.c64(0), m_big, wide, |i| self.sweep(i, wide_rows, c0, c1))?;
         let rest = b.build_int_sub(m, m_big, "rest").map_err(llvm_err)?;
         let rest4 = b.build_and(rest, cx.c64(!(i64::from(ROW_BLOCK) - 1)), "r4").map_err(llvm_err)?;
         let m_main = b.build_int_add(m_big, rest4, "m4").map_err(llvm_err)?;
