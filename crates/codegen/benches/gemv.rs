@@ -2,7 +2,9 @@
 //! compared with a STREAM-style read of a large buffer.
 //!
 //! `cargo bench -p kiln-codegen --bench gemv` (`KILN_BENCH_FORMATS=f32,q4_0` for some formats only;
-//! `KILN_BENCH_OFFSET=192` to start the weights 192 bytes into a page instead of on a page)
+//! `KILN_BENCH_OFFSET=192` to start the weights 192 bytes into a page instead of on a page;
+//! `KILN_BENCH_ONLY=prefill` for the prefill tiles only, `KILN_BENCH_ROWS=128` for their M,
+//! `KILN_BENCH_COLS=8,16` to compare tasks of that many columns in alternating rounds)
 //!
 //! f32 matrices run twice: in plain rows, and interleaved as CPU artifacts store them ("f32+i").
 //!
@@ -15,6 +17,7 @@
 use kiln_codegen::kernels::matmul::COLS_PER_TASK;
 use kiln_codegen::kernels::{compile_kernels, KernelSpec, WeightFormat};
 use kiln_codegen::pack::pack;
+use kiln_runtime::cpu::scratch::Scratch;
 use std::time::{Duration, Instant};
 
 type KernelFnPtr = unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64);
@@ -27,8 +30,8 @@ const ROUNDS: usize = 5;
 const PASS_TIME: Duration = Duration::from_millis(50);
 
 const SHAPES: [(usize, usize); 5] = [(1536, 576), (576, 1536), (49152, 576), (576, 576), (192, 576)];
-/// A prompt-processing matmul, for a look at the M > 1 tiles.
-const PREFILL_SHAPE: (usize, usize) = (1536, 576);
+/// Prompt-processing matmuls (SmolLM2's up and down projections), for a look at the M > 1 tiles.
+const PREFILL_SHAPES: [(usize, usize); 2] = [(1536, 576), (576, 1536)];
 const PREFILL_ROWS: usize = 64;
 const FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];
@@ -67,19 +70,21 @@ fn main() {
             })
         })
         .collect();
-    let (prefill_n, prefill_k) = PREFILL_SHAPE;
+    if std::env::var("KILN_BENCH_ONLY").is_ok_and(|v| v == "prefill") {
+        kernels.clear();
+    }
+    let task_cols: Vec<usize> = std::env::var("KILN_BENCH_COLS")
+        .map(|v| v.split(',').map(|c| c.parse().expect("KILN_BENCH_COLS: numbers")).collect())
+        .unwrap_or_else(|_| vec![COLS_PER_TASK]);
     for &format in &formats {
-        let woven = kiln_codegen::pack::interleave_for(format, prefill_n, prefill_k, lanes as usize);
-        for interleave in if woven == 0 { vec![0] } else { vec![0, woven] } {
-            let spec = KernelSpec::Matmul {
-                format,
-                n: prefill_n,
-                k: prefill_k,
-                bias: false,
-                cols_per_task: COLS_PER_TASK,
-                interleave,
-            };
-            kernels.push((format!("prefill_{}_{interleave}", format.name()), spec));
+        for (n, k) in PREFILL_SHAPES {
+            let woven = kiln_codegen::pack::interleave_for(format, n, k, lanes as usize);
+            for interleave in if woven == 0 { vec![0] } else { vec![0, woven] } {
+                for &cols_per_task in &task_cols {
+                    let spec = KernelSpec::Matmul { format, n, k, bias: false, cols_per_task, interleave };
+                    kernels.push((format!("prefill_{}_{n}_{k}_{interleave}_{cols_per_task}", format.name()), spec));
+                }
+            }
         }
     }
     let lib = Library::compile(&kernels);
@@ -141,28 +146,67 @@ fn main() {
         );
     }
 
-    let m = PREFILL_ROWS;
-    println!("\nprefill (M = {m}, N = {prefill_n}, K = {prefill_k}, weights in cache): 4×4 register tiles");
-    println!("{:<6} {:>9} {:>8}", "format", "µs", "GFLOP/s");
-    for (name, spec) in kernels.iter().filter(|(name, _)| name.starts_with("prefill_")) {
-        let KernelSpec::Matmul { format, interleave, .. } = *spec else { unreachable!() };
-        let f = lib.get(name);
-        let mut w = pack(format, prefill_n, prefill_k, &pseudo_random(prefill_n * prefill_k)).expect("pack");
-        if interleave != 0 {
-            w = kiln_codegen::pack::interleave(format, prefill_n, prefill_k, interleave, &w).expect("interleave");
-        }
-        let label = format!("{}{}", format.name(), if interleave != 0 { "+i" } else { "" });
-        let mut a = pseudo_random(m * prefill_k);
-        let mut out = vec![0.0f32; m * prefill_n];
-        let bufs = [a.as_mut_ptr() as *mut u8, w.as_mut_ptr(), std::ptr::null_mut(), out.as_mut_ptr() as *mut u8];
-        let tasks = prefill_n.div_ceil(COLS_PER_TASK) as i64;
-        // SAFETY: a [M, K], w [N, K] packed, out [M, N]: the Matmul contract for dims [M].
-        let t = (0..ROUNDS)
-            .map(|_| time_per_call(|_| unsafe { f([m as i64].as_ptr(), bufs.as_ptr(), 0, tasks) }))
-            .fold(f64::INFINITY, f64::min);
-        let flops = 2.0 * (m * prefill_n * prefill_k) as f64;
-        println!("{:<6} {:>9.1} {:>8.1}", label, t * 1e6, flops / t / 1e9);
+    let m = std::env::var("KILN_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(PREFILL_ROWS);
+    println!("\nprefill (M = {m}, weights in cache): 6×4 register tiles on AVX-512, else 4×4");
+    println!("{:<6} {:>6} {:>5} {:>5} {:>9} {:>8}", "format", "N", "K", "cols", "µs", "GFLOP/s");
+    struct Case {
+        label: String,
+        f: KernelFnPtr,
+        spec: (usize, usize, usize),
+        // The buffers the call's pointers point into: aligned as the runtime's (page-aligned
+        // activations; `malloc`'s blocks start 16 bytes into a page, which splits every vector
+        // load of `a` over two cache lines).
+        _data: [Scratch; 3],
+        bufs: [*mut u8; 4],
+        best: f64,
     }
+    let mut cases: Vec<Case> = kernels
+        .iter()
+        .filter(|(name, _)| name.starts_with("prefill_"))
+        .map(|(name, spec)| {
+            let KernelSpec::Matmul { format, n, k, interleave, cols_per_task, .. } = *spec else { unreachable!() };
+            let mut w = pack(format, n, k, &pseudo_random(n * k)).expect("pack");
+            if interleave != 0 {
+                w = kiln_codegen::pack::interleave(format, n, k, interleave, &w).expect("interleave");
+            }
+            let a: Vec<u8> = pseudo_random(m * k).iter().flat_map(|x| x.to_le_bytes()).collect();
+            let data = [aligned_copy(&a), aligned_copy(&w), Scratch::zeroed(m * n * 4).expect("out")];
+            let bufs = [data[0].as_mut_ptr(), data[1].as_mut_ptr(), std::ptr::null_mut(), data[2].as_mut_ptr()];
+            let label = format!("{}{}", format.name(), if interleave != 0 { "+i" } else { "" });
+            Case { label, f: lib.get(name), spec: (n, k, cols_per_task), _data: data, bufs, best: f64::INFINITY }
+        })
+        .collect();
+    // Rounds over every case in turn, so that variants see the same machine state.
+    for _ in 0..ROUNDS {
+        for case in &mut cases {
+            let (n, _, cols) = case.spec;
+            let (f, bufs, tasks) = (case.f, case.bufs, n.div_ceil(cols) as i64);
+            // SAFETY: a [M, K], w [N, K] packed, out [M, N]: the Matmul contract for dims [M].
+            let t = time_per_call(|_| unsafe { f([m as i64].as_ptr(), bufs.as_ptr(), 0, tasks) });
+            case.best = case.best.min(t);
+        }
+    }
+    for case in &cases {
+        let (n, k, cols) = case.spec;
+        let flops = 2.0 * (m * n * k) as f64;
+        println!(
+            "{:<6} {:>6} {:>5} {:>5} {:>9.1} {:>8.1}",
+            case.label,
+            n,
+            k,
+            cols,
+            case.best * 1e6,
+            flops / case.best / 1e9
+        );
+    }
+}
+
+/// `bytes` in a page-aligned block.
+fn aligned_copy(bytes: &[u8]) -> Scratch {
+    let s = Scratch::zeroed(bytes.len()).expect("memory");
+    // SAFETY: the block holds `bytes.len()` bytes and does not overlap `bytes`.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), s.as_mut_ptr(), bytes.len()) };
+    s
 }
 
 /// Where in a page the weight copies start: `KILN_BENCH_OFFSET` bytes (default 0, page-aligned as

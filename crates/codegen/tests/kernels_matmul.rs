@@ -493,3 +493,50 @@ fn inner_loops_are_vector_fmas() {
         }
     }
 }
+
+/// `KernelCx::lane_sums` (the matmul's store, block attention's scores) gives each vector's sum
+/// bit for bit as `KernelCx::hsum` does, for every power-of-two count of vectors up to the width,
+/// at 4, 8 and 16 lanes, and puts vector i's sum in lane i.
+#[test]
+fn lane_sums_equal_horizontal_sums_bit_for_bit() {
+    use kiln_codegen::kernels::testing::TempLib;
+    let target = kiln_codegen::host_machine().unwrap();
+    let context = kiln_codegen::inkwell::context::Context::create();
+    let cases: Vec<(u32, u32)> =
+        [4u32, 8, 16].into_iter().flat_map(|w| (0..=w.ilog2()).map(move |e| (w, 1 << e))).collect();
+    for &(width, n) in &cases {
+        let cx = KernelCx::new(&context, &format!("sums_{width}_{n}"), width);
+        let kf = cx.begin_kernel(&format!("sums_{width}_{n}"));
+        let (src, tree, each) = (cx.buf(&kf, 0).unwrap(), cx.buf(&kf, 1).unwrap(), cx.buf(&kf, 2).unwrap());
+        let vs: Vec<_> = (0..n).map(|i| cx.load_vf32(src, cx.c64(i64::from(i * width)), width).unwrap()).collect();
+        cx.store_vf32(tree, cx.c64(0), cx.lane_sums(&vs).unwrap()).unwrap();
+        for (i, &v) in vs.iter().enumerate() {
+            cx.store_f32(each, cx.c64(i as i64), cx.hsum(v).unwrap()).unwrap();
+        }
+        cx.finish().unwrap();
+        kiln_codegen::optimize(&cx.module, &target, kiln_codegen::DEFAULT_PIPELINE).unwrap();
+        let lib = TempLib::link(&kiln_codegen::emit_object(&cx.module, &target).unwrap(), "lane-sums").unwrap();
+        let mut rng = SplitMix64::new(u64::from(width * 100 + n));
+        // Magnitudes over many octaves, so that a different pairing would round differently.
+        let mut src: Vec<f32> =
+            (0..width * n).map(|_| rng.uniform(-1.0, 1.0) * 2f32.powi(rng.below(40) as i32 - 20)).collect();
+        let (mut tree, mut each) = (vec![0f32; n as usize], vec![0f32; n as usize]);
+        let f: libloading::Symbol<unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64)> =
+            unsafe { lib.lib.get(format!("sums_{width}_{n}").as_bytes()) }.unwrap();
+        // SAFETY: src holds n vectors of `width` floats; tree and each hold n floats.
+        unsafe { f([0i64].as_ptr(), [ptr(&mut src), ptr(&mut tree), ptr(&mut each)].as_ptr(), 0, 1) };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&tree), bits(&each), "{n} vectors of {width} lanes");
+        let exact: Vec<f64> = src.chunks(width as usize).map(|c| c.iter().map(|&x| f64::from(x)).sum()).collect();
+        for (i, (&got, &want)) in tree.iter().zip(&exact).enumerate() {
+            assert!((f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1e-30) + 1e-6, "lane {i}: {got} vs {want}");
+        }
+    }
+    // Anything else is refused, not miscompiled.
+    let cx = KernelCx::new(&context, "bad", 8);
+    let kf = cx.begin_kernel("bad");
+    let v = cx.load_vf32(cx.buf(&kf, 0).unwrap(), cx.c64(0), 8).unwrap();
+    assert!(cx.lane_sums(&[v, v, v]).is_err());
+    assert!(cx.lane_sums(&[v; 16]).is_err());
+    assert!(cx.lane_sums(&[]).is_err());
+}

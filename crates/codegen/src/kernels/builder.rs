@@ -250,6 +250,53 @@ impl<'ctx> KernelCx<'ctx> {
         Ok(e.into_float_value())
     }
 
+    /// The horizontal sums of `vs` (a power of two of them, at most their width) as one vector of
+    /// `vs.len()` lanes, lane i = Σ of `vs[i]`, by a transposing tree: each level adds the two
+    /// halves of every vector's segment while packing two vectors into one, then the last vector's
+    /// segments are halved in place. Each sum pairs lanes exactly as [`KernelCx::hsum`] does (so the
+    /// results are bit-identical to it) for `2·n − 2 + 2·log2(width / n)` shuffles instead of
+    /// `2·n·log2(width)`.
+    pub fn lane_sums(&self, vs: &[VectorValue<'ctx>]) -> Result<VectorValue<'ctx>> {
+        let b = &self.builder;
+        let width = vs.first().ok_or_else(|| llvm_err("lane_sums of no vectors"))?.get_type().get_size() as usize;
+        if !vs.len().is_power_of_two() || vs.len() > width {
+            return Err(llvm_err(format!("lane_sums of {} vectors of {width} lanes", vs.len())));
+        }
+        // `segments` segments of `segment` lanes per vector: the segment's lanes `lo` (first half)
+        // or `hi` (second half), over the concatenation of two vectors of `2 · segments` segments.
+        let pick = |segments: usize, segment: usize, hi: bool| {
+            let half = segment / 2;
+            let idx: Vec<_> = (0..segments)
+                .flat_map(|seg| (0..half).map(move |i| seg * segment + i + if hi { half } else { 0 }))
+                .map(|i| self.i32().const_int(i as u64, false))
+                .collect();
+            VectorType::const_vector(&idx)
+        };
+        let mut vs = vs.to_vec();
+        let mut segment = width;
+        while vs.len() > 1 {
+            vs = vs
+                .chunks(2)
+                .map(|pair| {
+                    let segments = 2 * width / segment;
+                    let lo = b.build_shuffle_vector(pair[0], pair[1], pick(segments, segment, false), "lo");
+                    let hi = b.build_shuffle_vector(pair[0], pair[1], pick(segments, segment, true), "hi");
+                    b.build_float_add(lo.map_err(llvm_err)?, hi.map_err(llvm_err)?, "sums").map_err(llvm_err)
+                })
+                .collect::<Result<_>>()?;
+            segment /= 2;
+        }
+        let mut v = vs[0];
+        let segments = width / segment;
+        while segment > 1 {
+            let lo = b.build_shuffle_vector(v, v, pick(segments, segment, false), "lo").map_err(llvm_err)?;
+            let hi = b.build_shuffle_vector(v, v, pick(segments, segment, true), "hi").map_err(llvm_err)?;
+            v = b.build_float_add(lo, hi, "sums").map_err(llvm_err)?;
+            segment /= 2;
+        }
+        Ok(v)
+    }
+
     /// Calls an LLVM intrinsic overloaded on `tys` (`llvm.fma`, `llvm.sqrt`, `llvm.exp`, `llvm.maxnum`...).
     pub fn intrinsic(
         &self,

@@ -2,20 +2,22 @@
 //! calls from `kernels.so` split over a thread pool.
 
 pub mod pool;
+pub mod scratch;
 
 use crate::artifact::manifest::{BufArg, ElemType, Storage, Symbol};
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
 use crate::offload::{ExpertCache, OffloadConfig, Trace};
 use pool::{KernelFn, Pool};
+use scratch::Scratch;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// One KV-cache slot: keys and values `[capacity, kv_heads, head_dim]`, positions `[capacity]`.
 struct KvStore {
     /// Owners of the memory `ptrs` point into.
-    _keys: Vec<f32>,
-    _values: Vec<f32>,
+    _keys: Scratch,
+    _values: Scratch,
     positions: Vec<i32>,
     /// Pointers to the three arrays, taken once (kernels write through them; the arrays are never
     /// resized).
@@ -34,11 +36,17 @@ enum Kernel {
     Simulated(crate::simt::SimFn, crate::artifact::manifest::Launch),
 }
 
+/// `bytes` of zeroed, aligned scratch memory for `what`, or an error naming it.
+fn scratch(bytes: usize, what: &str) -> Result<Scratch> {
+    Scratch::zeroed(bytes)
+        .ok_or_else(|| RuntimeError::Execution(format!("cannot allocate {bytes} bytes of memory for {what}")))
+}
+
 /// Where a buffer's memory is.
 enum Memory {
-    /// Owned scratch memory (u64 words for alignment), allocated once at load and never resized,
-    /// and a pointer to it taken then (kernels write through it).
-    Owned(#[allow(dead_code)] Vec<u64>, *mut u8),
+    /// Owned scratch memory (page- or line-aligned), allocated once at load and never resized
+    /// (kernels write through its pointer).
+    Owned(Scratch),
     /// Bytes of the memory-mapped weight file.
     Weight(*const u8),
     /// Another buffer's memory plus an element offset (evaluated per call).
@@ -178,9 +186,7 @@ impl CpuModel {
             memory.push(match &b.storage {
                 Storage::Activation => {
                     let bytes = b.elems.eval(&maxima).max(1) as usize * b.elem.size();
-                    let mut v = vec![0u64; bytes.div_ceil(8)];
-                    let p = v.as_mut_ptr() as *mut u8;
-                    Memory::Owned(v, p)
+                    Memory::Owned(scratch(bytes, &format!("buffer {i}"))?)
                 }
                 Storage::Weight { tensor } => {
                     let bytes = art.weights.bytes(tensor).ok_or_else(|| {
@@ -205,9 +211,10 @@ impl CpuModel {
         let mut caches = HashMap::new();
         for s in &m.kv_slots {
             let n = m.max_context * s.kv_heads * s.head_dim;
-            let (mut keys, mut values, mut positions) = (vec![0f32; n], vec![0f32; n], vec![0i32; m.max_context]);
-            let ptrs =
-                [keys.as_mut_ptr() as *mut u8, values.as_mut_ptr() as *mut u8, positions.as_mut_ptr() as *mut u8];
+            let what = format!("KV cache slot {}", s.slot);
+            let (keys, values) = (scratch(n * 4, &what)?, scratch(n * 4, &what)?);
+            let mut positions = vec![0i32; m.max_context];
+            let ptrs = [keys.as_mut_ptr(), values.as_mut_ptr(), positions.as_mut_ptr() as *mut u8];
             let len_symbol = m.symbols.iter().position(|sym| *sym == Symbol::CacheLen { slot: s.slot });
             caches.insert(
                 s.slot,
@@ -371,7 +378,7 @@ impl CpuModel {
     fn ptr(&self, b: usize) -> *mut u8 {
         let spec = &self.art.manifest.buffers[b];
         match &self.memory[b] {
-            Memory::Owned(_, p) => *p,
+            Memory::Owned(s) => s.as_mut_ptr(),
             Memory::Weight(p) => *p as *mut u8,
             Memory::Alias(of) => {
                 let of = *of;

@@ -65,7 +65,7 @@ pub(super) fn update<'ctx>(
             .iter()
             .map(|&row| key_products(cx, q, chunks, cx.gep(f32t, ops.cache_k, row)?))
             .collect::<Result<Vec<_>>>()?;
-        lane_sums(cx, products)?
+        cx.lane_sums(&products)?
     } else {
         // A head that is not whole vectors: one dot product (horizontal sum) per key.
         let mut s = cx.vf32(lanes).get_undef();
@@ -143,39 +143,6 @@ fn key_products<'ctx>(
         ps.truncate(half);
     }
     ps.pop().ok_or_else(|| llvm_err("dot over an empty head"))
-}
-
-/// The `lanes` horizontal sums of `lanes` vectors as one vector (lane i = Σ of vector i), by a
-/// transposing tree: each level adds the two halves of every key's segment while packing two
-/// vectors into one, `2·lanes − 2` shuffles and `lanes − 1` adds in all instead of `lanes`
-/// separate horizontal sums.
-fn lane_sums<'ctx>(cx: &KernelCx<'ctx>, mut vs: Vec<VectorValue<'ctx>>) -> Result<VectorValue<'ctx>> {
-    let b = &cx.builder;
-    let lanes = cx.lanes as usize;
-    // Each vector holds `lanes / segment` keys, each summed over a segment of `segment` lanes.
-    let mut segment = lanes;
-    while vs.len() > 1 {
-        let half = segment / 2;
-        // For each segment of the first vector, then of the second: its first (lo) or second
-        // (hi) half; shuffle indices ≥ lanes pick from the second vector.
-        let pick = |second_half: bool| {
-            let idx: Vec<_> = (0..2 * lanes / segment)
-                .flat_map(|seg| (0..half).map(move |i| seg * segment + i + if second_half { half } else { 0 }))
-                .map(|i| cx.i32().const_int(i as u64, false))
-                .collect();
-            VectorType::const_vector(&idx)
-        };
-        vs = vs
-            .chunks(2)
-            .map(|pair| {
-                let lo = b.build_shuffle_vector(pair[0], pair[1], pick(false), "lo").map_err(llvm_err)?;
-                let hi = b.build_shuffle_vector(pair[0], pair[1], pick(true), "hi").map_err(llvm_err)?;
-                b.build_float_add(lo, hi, "sums").map_err(llvm_err)
-            })
-            .collect::<Result<_>>()?;
-        segment = half;
-    }
-    vs.pop().ok_or_else(|| llvm_err("no keys to sum"))
 }
 
 /// The largest lane of `v`: a shuffle tree of compare-and-selects (plain `vmaxps`; LLVM's

@@ -486,13 +486,10 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
     /// bias and stores `out[i + r, j + c]`.
     fn store(&self, tile: &Tile<'ctx>, i: IntValue<'ctx>, j: IntValue<'ctx>, accs: &[VectorValue<'ctx>]) -> Result<()> {
         let (cx, b) = (self.cx, &self.cx.builder);
-        for c in 0..tile.cols {
-            let col = add(cx, j, cx.c64(c.into()))?;
-            let bias = match self.bias {
-                Some(p) => Some(cx.load_f32(p, col)?),
-                None => None,
-            };
-            for r in 0..tile.rows {
+        // Row-major over the tile: pair (r, c) at r · cols + c.
+        let pairs = (0..tile.rows)
+            .flat_map(|r| (0..tile.cols).map(move |c| (r, c)))
+            .map(|(r, c)| {
                 let mut partial: Vec<VectorValue<'ctx>> = (0..tile.sets).map(|s| accs[tile.acc(s, c, r)]).collect();
                 // Pairwise: set s with set s + half, until one vector is left.
                 while partial.len() > 1 {
@@ -502,13 +499,48 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
                     }
                     partial.truncate(half);
                 }
-                let mut sum = cx.hsum(partial[0])?;
-                if let Some(bias) = bias {
-                    sum = b.build_float_add(sum, bias, "bias").map_err(llvm_err)?;
+                Ok(partial[0])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out_at =
+            |r: u32| -> Result<IntValue<'ctx>> { add(cx, mul_add(cx, add(cx, i, cx.c64(r.into()))?, self.n, 0)?, j) };
+        if cx.gpu || cx.lanes < COL_BLOCK {
+            for (p, &v) in pairs.iter().enumerate() {
+                let (r, c) = (p as u32 / tile.cols, p as u32 % tile.cols);
+                let col = add(cx, j, cx.c64(c.into()))?;
+                let mut sum = cx.hsum(v)?;
+                if let Some(bias) = self.bias {
+                    sum = b.build_float_add(sum, cx.load_f32(bias, col)?, "bias").map_err(llvm_err)?;
                 }
-                let row = add(cx, i, cx.c64(r.into()))?;
-                cx.store_f32(self.out, add(cx, mul_add(cx, row, self.n, 0)?, col)?, sum)?;
+                cx.store_f32(self.out, add(cx, out_at(r)?, cx.c64(c.into()))?, sum)?;
             }
+            return Ok(());
+        }
+        // The sums of up to a vector's width of pairs at once (`KernelCx::lane_sums`, the same
+        // values as one horizontal sum per pair in far fewer shuffles: 24 separate sums cost a
+        // 6 × 4 tile over K = 576 about a fifth of its FMA-port time), then a row's `cols` sums
+        // are stored together.
+        let cols = tile.cols as usize;
+        let bias = match self.bias {
+            Some(p) => Some(cx.load_vf32(p, j, tile.cols)?),
+            None => None,
+        };
+        let mut first = 0;
+        while first < pairs.len() {
+            // Whole rows (cols is a power of two dividing the group) in a power-of-two group.
+            let group = 1 << (pairs.len() - first).min(cx.lanes as usize).ilog2();
+            let sums = cx.lane_sums(&pairs[first..first + group])?;
+            for row in 0..group / cols {
+                let idx: Vec<_> = (0..cols).map(|c| cx.i32().const_int((row * cols + c) as u64, false)).collect();
+                let mut v = b
+                    .build_shuffle_vector(sums, sums, inkwell::types::VectorType::const_vector(&idx), "row")
+                    .map_err(llvm_err)?;
+                if let Some(bias) = bias {
+                    v = b.build_float_add(v, bias, "bias").map_err(llvm_err)?;
+                }
+                cx.store_vf32(self.out, out_at(((first / cols) + row) as u32)?, v)?;
+            }
+            first += group;
         }
         Ok(())
     }
