@@ -30,8 +30,9 @@ const ROUNDS: usize = 5;
 const PASS_TIME: Duration = Duration::from_millis(50);
 
 const SHAPES: [(usize, usize); 5] = [(1536, 576), (576, 1536), (49152, 576), (576, 576), (192, 576)];
-/// Prompt-processing matmuls (SmolLM2's up and down projections), for a look at the M > 1 tiles.
-const PREFILL_SHAPES: [(usize, usize); 2] = [(1536, 576), (576, 1536)];
+/// Prompt-processing matmuls, for a look at the M > 1 tiles: SmolLM2's up and down projections,
+/// and Llama-7B-sized K (4096, 11008), where tiles walk K in blocks.
+const PREFILL_SHAPES: [(usize, usize); 4] = [(1536, 576), (576, 1536), (1024, 4096), (512, 11008)];
 const PREFILL_ROWS: usize = 64;
 const FORMATS: [WeightFormat; 5] =
     [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_0, WeightFormat::Q4_0];

@@ -72,10 +72,17 @@ fn check_matmul(format: WeightFormat, m: usize, n: usize, k: usize, bias: bool, 
     check_matmul_lanes(Case { format, m, n, k, bias, cols_per_task, seed, interleave: 0 }, None);
 }
 
-/// Runs kernel `name` of `lib` (compiled from `case.spec()`) for every task split and checks it
-/// against the reference.
-fn check_matmul_in(lib: &TestLib, name: &str, case: Case) {
-    let Case { format, m, n, k, bias, cols_per_task, seed, interleave: chunk } = case;
+/// A case's inputs: activations, packed (and perhaps interleaved) weights, the weights as the
+/// kernel sees them (unpacked), and a bias.
+struct Inputs {
+    a: Vec<f32>,
+    packed: Vec<u8>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+fn inputs(case: &Case) -> Inputs {
+    let Case { format, m, n, k, seed, interleave: chunk, .. } = *case;
     let mut rng = SplitMix64::new(seed);
     let a = rng.vec(m * k, -1.0, 1.0);
     let mut packed = pack(format, n, k, &rng.vec(n * k, -1.0, 1.0)).unwrap();
@@ -83,20 +90,30 @@ fn check_matmul_in(lib: &TestLib, name: &str, case: Case) {
     if chunk != 0 {
         packed = interleave(format, n, k, chunk, &packed).unwrap();
     }
-    let bias_v = rng.vec(n, -1.0, 1.0);
-    let (want, mag) = reference(&a, &w, bias.then_some(&bias_v[..]), m, n, k);
+    Inputs { a, packed, w, bias: rng.vec(n, -1.0, 1.0) }
+}
+
+/// Kernel `name` of `lib` (compiled from `case.spec()`) on `inputs`, its tasks split `splits` ways.
+fn call_matmul(lib: &TestLib, name: &str, case: &Case, inputs: &Inputs, splits: i64) -> Vec<f32> {
+    let Case { m, n, bias, cols_per_task, .. } = *case;
+    let (mut a, mut w, mut b) = (inputs.a.clone(), inputs.packed.clone(), inputs.bias.clone());
+    // NaN canaries: a skipped output stays NaN and fails the comparison.
+    let mut out = vec![f32::NAN; m * n];
+    let b_ptr = if bias { ptr(&mut b) } else { std::ptr::null_mut() };
     let tasks = n.div_ceil(cols_per_task) as i64;
+    // SAFETY: buffers match the Matmul contract for dims [m].
+    unsafe { lib.call(name, &[m as i64], &[ptr(&mut a), ptr(&mut w), b_ptr, ptr(&mut out)], tasks, splits) };
+    out
+}
+
+/// Runs kernel `name` of `lib` (compiled from `case.spec()`) for every task split and checks it
+/// against the reference.
+fn check_matmul_in(lib: &TestLib, name: &str, case: Case) {
+    let Case { m, n, k, bias, .. } = case;
+    let data = inputs(&case);
+    let (want, mag) = reference(&data.a, &data.w, bias.then_some(&data.bias[..]), m, n, k);
     for splits in [1, 3, 7] {
-        let mut a_buf = a.clone();
-        let mut w_buf = packed.clone();
-        let mut b_buf = bias_v.clone();
-        // NaN canaries: a skipped output stays NaN and fails the comparison.
-        let mut out = vec![f32::NAN; m * n];
-        let b_ptr = if bias { ptr(&mut b_buf) } else { std::ptr::null_mut() };
-        // SAFETY: buffers match the Matmul contract for dims [m].
-        unsafe {
-            lib.call(name, &[m as i64], &[ptr(&mut a_buf), ptr(&mut w_buf), b_ptr, ptr(&mut out)], tasks, splits)
-        };
+        let out = call_matmul(lib, name, &case, &data, splits);
         for (idx, (&got, (&want, &mag))) in out.iter().zip(want.iter().zip(&mag)).enumerate() {
             let err = (f64::from(got) - want).abs();
             // f32 accumulation: each partial product is rounded at most ~log2(K) + 8 times with
@@ -107,6 +124,42 @@ fn check_matmul_in(lib: &TestLib, name: &str, case: Case) {
                 idx / n,
                 idx % n
             );
+        }
+    }
+}
+
+/// Prefill over K > 2048 walks K in blocks, parking the tiles' accumulators between blocks: the
+/// results match the reference and are bit for bit those of unblocked tiles (a task too wide for
+/// the accumulator buffer is not blocked), for every format, whole and partial last blocks, a K
+/// tail, every row-block shape and the AVX2/SSE widths. Quantized prefill runs f32 tiles over
+/// its dequantized panel, so its unblocked twin is the f32 kernel on the dequantized weights.
+#[test]
+fn long_k_prefill_in_blocks_is_bit_identical_to_one_walk() {
+    for lanes in [None, Some(8), Some(4)] {
+        for (f, format) in FORMATS.into_iter().enumerate() {
+            let ks: &[usize] = if format.block() == 1 { &[2064, 3073] } else { &[2080, 3072] };
+            for &k in ks {
+                let seed = 900 + 10 * f as u64 + k as u64;
+                let blocked = Case { format, m: 13, n: 23, k, bias: true, cols_per_task: 16, seed, interleave: 0 };
+                let quantized = format.block() > 1;
+                let whole_format = if quantized { WeightFormat::F32 } else { format };
+                let whole = Case { format: whole_format, cols_per_task: 200, ..blocked };
+                let lib = build_lib(&[("blocked", blocked.spec()), ("whole", whole.spec())], lanes);
+                for m in [4, 6, 9, 13] {
+                    let (blocked, whole) = (Case { m, ..blocked }, Case { m, ..whole });
+                    check_matmul_in(&lib, "blocked", blocked);
+                    let data = inputs(&blocked);
+                    let dequantized =
+                        Inputs { packed: pack(whole_format, 23, k, &data.w).unwrap(), ..inputs(&blocked) };
+                    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(call_matmul(&lib, "blocked", &blocked, &data, 3)),
+                        bits(call_matmul(&lib, "whole", &whole, if quantized { &dequantized } else { &data }, 1)),
+                        "{} K={k} M={m} lanes={lanes:?}",
+                        format.name()
+                    );
+                }
+            }
         }
     }
 }

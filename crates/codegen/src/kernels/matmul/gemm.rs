@@ -8,7 +8,9 @@
 //! own f32 vector registers. At batch 1 (decode) a tile is 1 × 4: four weight streams and eight
 //! independent accumulators, which is enough to keep loads in flight at memory bandwidth; at
 //! M ≥ 4 (prefill) tiles are 6 × 4 (then 4 × 4) and the task's weights (`cols_per_task` rows)
-//! are re-read from cache, not memory, for each group of rows.
+//! are re-read from cache, not memory, for each group of rows. Over K > 2048 a group of rows walks
+//! K in blocks of about 768, every tile of the task in turn within a block, parking the tiles'
+//! accumulators on the stack in between ([`KBlocks`]).
 //!
 //! For f32 weights on the CPU the planner stores each group of 4 weight rows interleaved, a cache
 //! line of each row in turn ([`crate::pack::interleave`]), so a 4-column tile reads a single
@@ -45,6 +47,16 @@ const PREFETCH_AHEAD: i64 = 16384;
 /// How far ahead an interleaved tile, one sequential stream, prefetches: as a tuned sequential
 /// read does (1–2 KiB measured best here; 16 KiB lost 12%).
 const PREFETCH_AHEAD_SEQUENTIAL: i64 = 2048;
+/// Prefill tiles over K longer than this walk K in blocks ([`KBlocks`]), so that a block of
+/// activation rows and the task's weights for it stay in L1 while every tile of the task passes
+/// over them (a 6-row block of f32 activations at K = 11008 is 264 KB). In `benches/gemv.rs` at
+/// M = 128: f32 at K = 11008 +4–15% (84–86 → 89–97 GFLOP/s), K = 4096 and bf16 within noise, and
+/// no gain at K = 1536 (SmolLM2's down projection), hence the threshold.
+const K_BLOCK_FROM: usize = 2048;
+/// The K block blocked tiles aim for, in elements: 6 activation rows × 768 f32 are 18 KB.
+const K_BLOCK: usize = 768;
+/// The largest stack buffer (bytes) blocked tiles park their accumulators in between K blocks.
+const ACC_BUFFER_MAX_BYTES: usize = 64 * 1024;
 /// Largest stack panel (bytes) a quantized task dequantizes its weights into for prefill.
 const PANEL_MAX_BYTES: usize = 256 * 1024;
 
@@ -99,6 +111,7 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
         w_first_row: None,
         bias: if bias { Some(cx.buf(&kf, 2)?) } else { None },
         out: cx.buf(&kf, 3)?,
+        k_blocks: None,
     };
     if int8 {
         if !matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) || cx.lanes != 16 || cx.gpu {
@@ -132,7 +145,11 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
     // f32 on the stack once and runs the f32 tiles over it. Decoding (M < 4) reads the packed
     // weights directly: there each weight is used once and bytes are what matter.
     let panel_bytes = cols_per_task * k * 4;
-    if gemm.dec.quantized() && panel_bytes <= PANEL_MAX_BYTES {
+    let panel = gemm.dec.quantized() && panel_bytes <= PANEL_MAX_BYTES;
+    // The tiles' unit: f32 vectors over a dequantized panel, else the weights' own.
+    let unit_elems = if panel { cx.lanes } else { gemm.dec.unit_elems() };
+    let gemm = Gemm { k_blocks: k_blocks(cx, k, unit_elems as usize, cols_per_task)?, ..gemm };
+    if panel {
         let panel = stack_panel(cx, panel_bytes)?;
         by_rows(
             cx,
@@ -157,6 +174,32 @@ fn stack_panel<'ctx>(cx: &KernelCx<'ctx>, bytes: usize) -> Result<PointerValue<'
     let panel = cx.builder.build_alloca(ty, "panel").map_err(llvm_err)?;
     panel.as_instruction().ok_or_else(|| llvm_err("an alloca"))?.set_alignment(64).map_err(llvm_err)?;
     Ok(panel)
+}
+
+/// How prefill tiles of a matmul over `k` split it ([`KBlocks`]), in the tiles' units of
+/// `unit_elems`: not at all for K up to [`K_BLOCK_FROM`], on GPUs, or when the task is too wide
+/// for the accumulator buffer.
+fn k_blocks<'ctx>(
+    cx: &KernelCx<'ctx>,
+    k: usize,
+    unit_elems: usize,
+    cols_per_task: usize,
+) -> Result<Option<KBlocks<'ctx>>> {
+    let lanes = cx.lanes as usize;
+    let buffer_bytes = cols_per_task * WIDE_ROW_BLOCK as usize * MAX_SETS as usize * lanes * 4;
+    if cx.gpu || k <= K_BLOCK_FROM || buffer_bytes > ACC_BUFFER_MAX_BYTES {
+        return Ok(None);
+    }
+    // Tiles loop over up to 4 units per iteration (enough for a cache line of q4_0, or a set each):
+    // blocks of whole iterations keep every accumulator set on the vectors it has unblocked.
+    let units = k / unit_elems;
+    let count = k.div_ceil(K_BLOCK);
+    let per_block = units.div_ceil(count).next_multiple_of(4);
+    let count = units.div_ceil(per_block);
+    if count < 2 {
+        return Ok(None);
+    }
+    Ok(Some(KBlocks { units: per_block as i64, count: count as i64, buffer: stack_panel(cx, buffer_bytes)? }))
 }
 
 /// `prefill()` when M ≥ [`ROW_BLOCK`], else `decode()`.
@@ -198,7 +241,26 @@ struct Gemm<'a, 'ctx> {
     w_first_row: Option<IntValue<'ctx>>,
     bias: Option<PointerValue<'ctx>>,
     out: PointerValue<'ctx>,
+    /// How prefill tiles split K, if they do.
+    k_blocks: Option<KBlocks<'ctx>>,
 }
+
+/// Prefill tiles over a long K: each group of rows walks K one block at a time, every tile of the
+/// task in turn within a block, and the tiles' accumulators wait in a stack buffer between blocks.
+/// Each accumulator lane still adds its products in K order, so results are bit for bit those of
+/// unblocked tiles.
+#[derive(Clone, Copy)]
+struct KBlocks<'ctx> {
+    /// Units (of the decoder) per block, a multiple of every tile's units per loop iteration.
+    units: i64,
+    /// Blocks in all (the last may be shorter).
+    count: i64,
+    /// The accumulators: one vector per (column of the task, row of the tile, set).
+    buffer: PointerValue<'ctx>,
+}
+
+/// The most accumulator sets a tile has ([`Gemm::tile_at`]).
+const MAX_SETS: u32 = 4;
 
 /// The tile being emitted: its size, how many accumulators each pair has, and its rows of `a` and `w`.
 struct Tile<'ctx> {
@@ -266,6 +328,7 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
             w_first_row: Some(c0),
             bias: self.bias,
             out: self.out,
+            k_blocks: self.k_blocks,
         };
         f32_gemm.rows(m, c0, c1)
     }
@@ -305,18 +368,100 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         cx.for_range(m_main, m, 1, |i| self.sweep(i, 1, c0, c1))
     }
 
-    /// Rows `i..i + rows` for the columns `c0..c1`: full tiles, then single columns.
+    /// Rows `i..i + rows` for the columns `c0..c1`: full tiles, then single columns; K in blocks
+    /// when the matmul has them and these rows are a prefill group.
     fn sweep(&self, i: IntValue<'ctx>, rows: u32, c0: IntValue<'ctx>, c1: IntValue<'ctx>) -> Result<()> {
+        match self.k_blocks {
+            Some(blocks) if rows >= ROW_BLOCK => self.sweep_blocked(blocks, i, rows, c0, c1),
+            _ => self.each_tile(c0, c1, |j, cols| {
+                let tile = self.tile_at(i, rows, j, cols)?;
+                let units = self.k / i64::from(self.dec.unit_elems());
+                let accs = self.accumulate(&tile, self.cx.c64(0), units, self.zeros(&tile))?;
+                self.finish(&tile, i, j, units, accs)
+            }),
+        }
+    }
+
+    /// `f(j, cols)` for the tiles of columns `c0..c1`: [`COL_BLOCK`] wide, then single columns.
+    fn each_tile(
+        &self,
+        c0: IntValue<'ctx>,
+        c1: IntValue<'ctx>,
+        mut f: impl FnMut(IntValue<'ctx>, u32) -> Result<()>,
+    ) -> Result<()> {
         let (cx, b) = (self.cx, &self.cx.builder);
         let width = b.build_int_sub(c1, c0, "w").map_err(llvm_err)?;
         let full = b.build_and(width, cx.c64(!(i64::from(COL_BLOCK) - 1)), "w4").map_err(llvm_err)?;
         let main = add(cx, c0, full)?;
-        cx.for_range(c0, main, i64::from(COL_BLOCK), |j| self.tile(i, rows, j, COL_BLOCK))?;
-        cx.for_range(main, c1, 1, |j| self.tile(i, rows, j, 1))
+        cx.for_range(c0, main, i64::from(COL_BLOCK), |j| f(j, COL_BLOCK))?;
+        cx.for_range(main, c1, 1, |j| f(j, 1))
     }
 
-    /// One tile: rows `i..i + rows` of `a` against weight rows `j..j + cols`.
-    fn tile(&self, i: IntValue<'ctx>, rows: u32, j: IntValue<'ctx>, cols: u32) -> Result<()> {
+    /// [`Gemm::sweep`] one K block at a time ([`KBlocks`]): the first block starts from zero, the
+    /// others from the accumulators the previous block parked, and the last one stores the sums.
+    fn sweep_blocked(
+        &self,
+        blocks: KBlocks<'ctx>,
+        i: IntValue<'ctx>,
+        rows: u32,
+        c0: IntValue<'ctx>,
+        c1: IntValue<'ctx>,
+    ) -> Result<()> {
+        let cx = self.cx;
+        let units = self.k / i64::from(self.dec.unit_elems());
+        let last = (blocks.count - 1) * blocks.units;
+        let block = |u0: IntValue<'ctx>, n: i64, first: bool, last: bool| {
+            self.each_tile(c0, c1, |j, cols| {
+                let tile = self.tile_at(i, rows, j, cols)?;
+                let local = cx.builder.build_int_sub(j, c0, "tj").map_err(llvm_err)?;
+                let init = if first { self.zeros(&tile) } else { self.parked(&tile, blocks, local, None)? };
+                let accs = self.accumulate(&tile, u0, n, init)?;
+                if last {
+                    self.finish(&tile, i, j, units, accs)
+                } else {
+                    self.parked(&tile, blocks, local, Some(&accs)).map(|_| ())
+                }
+            })
+        };
+        block(cx.c64(0), blocks.units, true, false)?;
+        if blocks.count > 2 {
+            cx.for_range(cx.c64(1), cx.c64(blocks.count - 1), 1, |b| {
+                block(mul_add(cx, b, blocks.units, 0)?, blocks.units, false, false)
+            })?;
+        }
+        block(cx.c64(last), units - last, false, true)
+    }
+
+    /// Loads a tile's parked accumulators (`save` None) or parks `save`: the vectors of the task's
+    /// columns `local..` in the K-block buffer, one slot per (column, row, set).
+    fn parked(
+        &self,
+        tile: &Tile<'ctx>,
+        blocks: KBlocks<'ctx>,
+        local: IntValue<'ctx>,
+        save: Option<&[VectorValue<'ctx>]>,
+    ) -> Result<Vec<VectorValue<'ctx>>> {
+        let cx = self.cx;
+        let lanes = i64::from(self.dec.lanes());
+        let mut loaded = Vec::new();
+        for set in 0..tile.sets {
+            for c in 0..tile.cols {
+                for r in 0..tile.rows {
+                    let column = add(cx, local, cx.c64(c.into()))?;
+                    let slot = i64::from(r * MAX_SETS + set);
+                    let at = mul_add(cx, column, i64::from(WIDE_ROW_BLOCK * MAX_SETS) * lanes, slot * lanes)?;
+                    match save {
+                        Some(accs) => cx.store_vf32(blocks.buffer, at, accs[tile.acc(set, c, r)])?,
+                        None => loaded.push(cx.load_vf32(blocks.buffer, at, self.dec.lanes())?),
+                    }
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The rows of `a` and `w` of the tile at rows `i..i + rows` and weight rows `j..j + cols`.
+    fn tile_at(&self, i: IntValue<'ctx>, rows: u32, j: IntValue<'ctx>, cols: u32) -> Result<Tile<'ctx>> {
         let cx = self.cx;
         let a_rows = (0..rows)
             .map(|r| cx.gep(cx.f32().into(), self.a, mul_add(cx, add(cx, i, cx.c64(r.into()))?, self.k, 0)?))
@@ -328,10 +473,25 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         let w_rows = (0..cols)
             .map(|c| self.layout.row(cx, self.w, add(cx, first, cx.c64(c.into()))?))
             .collect::<Result<Vec<_>>>()?;
-        let tile = Tile { rows, cols, sets: (8 / (rows * cols)).clamp(1, 4), a_rows, w_rows };
+        Ok(Tile { rows, cols, sets: (8 / (rows * cols)).clamp(1, MAX_SETS), a_rows, w_rows })
+    }
 
-        let dec = &self.dec;
-        let units = self.k / i64::from(dec.unit_elems());
+    /// A tile's accumulators, zero.
+    fn zeros(&self, tile: &Tile<'ctx>) -> Vec<VectorValue<'ctx>> {
+        vec![self.cx.vf32(self.dec.lanes()).const_zero(); (tile.sets * tile.cols * tile.rows) as usize]
+    }
+
+    /// Adds units `u0..u0 + n` of every pair of the tile to `accs`. `u0` must be a multiple of the
+    /// units per loop iteration (4 or fewer), so that each unit's vectors go to the same
+    /// accumulator set wherever the walk over K starts.
+    fn accumulate(
+        &self,
+        tile: &Tile<'ctx>,
+        u0: IntValue<'ctx>,
+        n: i64,
+        accs: Vec<VectorValue<'ctx>>,
+    ) -> Result<Vec<VectorValue<'ctx>>> {
+        let (cx, dec) = (self.cx, &self.dec);
         // Units per loop iteration: enough to give each accumulator set one vector, and to cover a
         // cache line of each weight row (one round of prefetches per iteration).
         // (And whole interleaved chunks, which the prefetch's position assumes.)
@@ -339,31 +499,43 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
             i64::from((tile.sets / dec.vecs_per_unit()).max(1)).max((64 + dec.unit_bytes() - 1) / dec.unit_bytes());
         let upc = self.layout.units_per_chunk();
         let per_iter = (per_iter + upc - 1) / upc * upc;
-        let looped = units / per_iter * per_iter;
-        let zero = cx.vf32(dec.lanes()).const_zero();
-        let init = vec![BasicValueEnum::from(zero); (tile.sets * cols * rows) as usize];
-        let accs = cx.for_range_acc(cx.c64(0), cx.c64(looped), per_iter, &init, |u, cur| {
+        let looped = n / per_iter * per_iter;
+        let init: Vec<BasicValueEnum<'ctx>> = accs.into_iter().map(BasicValueEnum::from).collect();
+        let end = add(cx, u0, cx.c64(looped))?;
+        let accs = cx.for_range_acc(u0, end, per_iter, &init, |u, cur| {
             let mut accs: Vec<VectorValue<'ctx>> = cur.iter().map(|v| v.into_vector_value()).collect();
             // A panel is already in cache (and prefetching past it would leave the allocation).
             if self.w_first_row.is_none() {
-                self.prefetch_next_tile(&tile, u, per_iter)?;
+                self.prefetch_next_tile(tile, u, per_iter)?;
             }
             for s in 0..per_iter {
                 let first_vec = s as u32 * dec.vecs_per_unit();
-                self.unit(&tile, add(cx, u, cx.c64(s))?, first_vec, &mut accs)?;
+                self.unit(tile, add(cx, u, cx.c64(s))?, first_vec, &mut accs)?;
             }
             Ok(accs.into_iter().map(BasicValueEnum::from).collect())
         })?;
         let mut accs: Vec<VectorValue<'ctx>> = accs.iter().map(|v| v.into_vector_value()).collect();
-        for u in looped..units {
-            let first_vec = (u - looped) as u32 * dec.vecs_per_unit();
-            self.unit(&tile, cx.c64(u), first_vec, &mut accs)?;
+        for r in looped..n {
+            let first_vec = (r - looped) as u32 * dec.vecs_per_unit();
+            self.unit(tile, add(cx, u0, cx.c64(r))?, first_vec, &mut accs)?;
         }
-        let rest = (self.k % i64::from(dec.unit_elems())) as u32;
+        Ok(accs)
+    }
+
+    /// The end of a tile's walk over K: the elements past the last whole unit, then the sums.
+    fn finish(
+        &self,
+        tile: &Tile<'ctx>,
+        i: IntValue<'ctx>,
+        j: IntValue<'ctx>,
+        units: i64,
+        mut accs: Vec<VectorValue<'ctx>>,
+    ) -> Result<()> {
+        let rest = (self.k % i64::from(self.dec.unit_elems())) as u32;
         if rest > 0 {
-            self.tail(&tile, units, rest, &mut accs)?;
+            self.tail(tile, units, rest, &mut accs)?;
         }
-        self.store(&tile, i, j, &accs)
+        self.store(tile, i, j, &accs)
     }
 
     /// Prefetches what a later tile will read where this loop iteration reads now: the following
