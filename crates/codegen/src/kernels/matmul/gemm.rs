@@ -111,7 +111,7 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
         w_first_row: None,
         bias: if bias { Some(cx.buf(&kf, 2)?) } else { None },
         out: cx.buf(&kf, 3)?,
-        k_blocks: None,
+        k_block_buffer: None,
     };
     if int8 {
         if !matches!(format, WeightFormat::Q8_0 | WeightFormat::Q4_0) || cx.lanes != 16 || cx.gpu {
@@ -140,16 +140,13 @@ pub fn emit(cx: &KernelCx<'_>, name: &str, shape: &MatmulShape) -> Result<()> {
         )?;
         return cx.finish();
     }
+    let gemm = Gemm { k_block_buffer: k_block_buffer(cx, k, cols_per_task)?, ..gemm };
     // Prefill over quantized weights: every tile of 4 rows would dequantize the task's weights
     // again (32 times for a 128-token prompt), so a task first dequantizes its column panel into
     // f32 on the stack once and runs the f32 tiles over it. Decoding (M < 4) reads the packed
     // weights directly: there each weight is used once and bytes are what matter.
     let panel_bytes = cols_per_task * k * 4;
-    let panel = gemm.dec.quantized() && panel_bytes <= PANEL_MAX_BYTES;
-    // The tiles' unit: f32 vectors over a dequantized panel, else the weights' own.
-    let unit_elems = if panel { cx.lanes } else { gemm.dec.unit_elems() };
-    let gemm = Gemm { k_blocks: k_blocks(cx, k, unit_elems as usize, cols_per_task)?, ..gemm };
-    if panel {
+    if gemm.dec.quantized() && panel_bytes <= PANEL_MAX_BYTES {
         let panel = stack_panel(cx, panel_bytes)?;
         by_rows(
             cx,
@@ -176,30 +173,15 @@ fn stack_panel<'ctx>(cx: &KernelCx<'ctx>, bytes: usize) -> Result<PointerValue<'
     Ok(panel)
 }
 
-/// How prefill tiles of a matmul over `k` split it ([`KBlocks`]), in the tiles' units of
-/// `unit_elems`: not at all for K up to [`K_BLOCK_FROM`], on GPUs, or when the task is too wide
-/// for the accumulator buffer.
-fn k_blocks<'ctx>(
-    cx: &KernelCx<'ctx>,
-    k: usize,
-    unit_elems: usize,
-    cols_per_task: usize,
-) -> Result<Option<KBlocks<'ctx>>> {
-    let lanes = cx.lanes as usize;
-    let buffer_bytes = cols_per_task * WIDE_ROW_BLOCK as usize * MAX_SETS as usize * lanes * 4;
-    if cx.gpu || k <= K_BLOCK_FROM || buffer_bytes > ACC_BUFFER_MAX_BYTES {
+/// The stack buffer prefill tiles park their accumulators in between K blocks ([`KBlocks`]), for
+/// a matmul over `k` whose tiles walk K in blocks: not for K up to [`K_BLOCK_FROM`], on GPUs, or
+/// when the task is too wide for [`ACC_BUFFER_MAX_BYTES`].
+fn k_block_buffer<'ctx>(cx: &KernelCx<'ctx>, k: usize, cols_per_task: usize) -> Result<Option<PointerValue<'ctx>>> {
+    let bytes = cols_per_task * WIDE_ROW_BLOCK as usize * MAX_SETS as usize * cx.lanes as usize * 4;
+    if cx.gpu || k <= K_BLOCK_FROM || bytes > ACC_BUFFER_MAX_BYTES {
         return Ok(None);
     }
-    // Tiles loop over up to 4 units per iteration (enough for a cache line of q4_0, or a set each):
-    // blocks of whole iterations keep every accumulator set on the vectors it has unblocked.
-    let units = k / unit_elems;
-    let count = k.div_ceil(K_BLOCK);
-    let per_block = units.div_ceil(count).next_multiple_of(4);
-    let count = units.div_ceil(per_block);
-    if count < 2 {
-        return Ok(None);
-    }
-    Ok(Some(KBlocks { units: per_block as i64, count: count as i64, buffer: stack_panel(cx, buffer_bytes)? }))
+    stack_panel(cx, bytes).map(Some)
 }
 
 /// `prefill()` when M ≥ [`ROW_BLOCK`], else `decode()`.
@@ -241,8 +223,8 @@ struct Gemm<'a, 'ctx> {
     w_first_row: Option<IntValue<'ctx>>,
     bias: Option<PointerValue<'ctx>>,
     out: PointerValue<'ctx>,
-    /// How prefill tiles split K, if they do.
-    k_blocks: Option<KBlocks<'ctx>>,
+    /// Where prefill tiles park their accumulators between K blocks, when they walk K in blocks.
+    k_block_buffer: Option<PointerValue<'ctx>>,
 }
 
 /// Prefill tiles over a long K: each group of rows walks K one block at a time, every tile of the
@@ -251,7 +233,8 @@ struct Gemm<'a, 'ctx> {
 /// unblocked tiles.
 #[derive(Clone, Copy)]
 struct KBlocks<'ctx> {
-    /// Units (of the decoder) per block, a multiple of every tile's units per loop iteration.
+    /// Units (of the tiles' decoder) per block, a multiple of every tile's units per loop
+    /// iteration.
     units: i64,
     /// Blocks in all (the last may be shorter).
     count: i64,
@@ -328,7 +311,7 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
             w_first_row: Some(c0),
             bias: self.bias,
             out: self.out,
-            k_blocks: self.k_blocks,
+            k_block_buffer: self.k_block_buffer,
         };
         f32_gemm.rows(m, c0, c1)
     }
@@ -371,7 +354,7 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
     /// Rows `i..i + rows` for the columns `c0..c1`: full tiles, then single columns; K in blocks
     /// when the matmul has them and these rows are a prefill group.
     fn sweep(&self, i: IntValue<'ctx>, rows: u32, c0: IntValue<'ctx>, c1: IntValue<'ctx>) -> Result<()> {
-        match self.k_blocks {
+        match self.k_blocks() {
             Some(blocks) if rows >= ROW_BLOCK => self.sweep_blocked(blocks, i, rows, c0, c1),
             _ => self.each_tile(c0, c1, |j, cols| {
                 let tile = self.tile_at(i, rows, j, cols)?;
@@ -395,6 +378,20 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         let main = add(cx, c0, full)?;
         cx.for_range(c0, main, i64::from(COL_BLOCK), |j| f(j, COL_BLOCK))?;
         cx.for_range(main, c1, 1, |j| f(j, 1))
+    }
+
+    /// How this matmul's prefill tiles split K, in units of its decoder (whose unit the blocks must
+    /// be whole iterations of), if they do.
+    fn k_blocks(&self) -> Option<KBlocks<'ctx>> {
+        let buffer = self.k_block_buffer?;
+        // Tiles loop over up to 4 units per iteration (enough for a cache line of q4_0, or a set
+        // each): blocks of whole iterations keep every accumulator set on the vectors it has
+        // unblocked.
+        let (k, unit) = (self.k as usize, self.dec.unit_elems() as usize);
+        let units = k / unit;
+        let per_block = units.div_ceil(k.div_ceil(K_BLOCK)).next_multiple_of(4);
+        let count = units.div_ceil(per_block);
+        (count >= 2).then_some(KBlocks { units: per_block as i64, count: count as i64, buffer })
     }
 
     /// [`Gemm::sweep`] one K block at a time ([`KBlocks`]): the first block starts from zero, the
