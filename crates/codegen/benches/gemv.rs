@@ -17,7 +17,7 @@
 use kiln_codegen::kernels::matmul::COLS_PER_TASK;
 use kiln_codegen::kernels::{compile_kernels, KernelSpec, WeightFormat};
 use kiln_codegen::pack::pack;
-use kiln_runtime::cpu::scratch::Scratch;
+use kiln_runtime::aligned::AlignedBuf;
 use std::time::{Duration, Instant};
 
 type KernelFnPtr = unsafe extern "C" fn(*const i64, *const *mut u8, i64, i64);
@@ -157,7 +157,7 @@ fn main() {
         // The buffers the call's pointers point into: aligned as the runtime's (page-aligned
         // activations; `malloc`'s blocks start 16 bytes into a page, which splits every vector
         // load of `a` over two cache lines).
-        _data: [Scratch; 3],
+        _data: [AlignedBuf; 3],
         bufs: [*mut u8; 4],
         best: f64,
     }
@@ -171,8 +171,8 @@ fn main() {
                 w = kiln_codegen::pack::interleave(format, n, k, interleave, &w).expect("interleave");
             }
             let a: Vec<u8> = pseudo_random(m * k).iter().flat_map(|x| x.to_le_bytes()).collect();
-            let data = [aligned_copy(&a), aligned_copy(&w), Scratch::zeroed(m * n * 4).expect("out")];
-            let bufs = [data[0].as_mut_ptr(), data[1].as_mut_ptr(), std::ptr::null_mut(), data[2].as_mut_ptr()];
+            let data = [aligned_copy(&a), aligned_copy(&w), AlignedBuf::zeroed(m * n * 4, 4096).expect("out")];
+            let bufs = [data[0].as_ptr(), data[1].as_ptr(), std::ptr::null_mut(), data[2].as_ptr()];
             let label = format!("{}{}", format.name(), if interleave != 0 { "+i" } else { "" });
             Case { label, f: lib.get(name), spec: (n, k, cols_per_task), _data: data, bufs, best: f64::INFINITY }
         })
@@ -203,10 +203,9 @@ fn main() {
 }
 
 /// `bytes` in a page-aligned block.
-fn aligned_copy(bytes: &[u8]) -> Scratch {
-    let s = Scratch::zeroed(bytes.len()).expect("memory");
-    // SAFETY: the block holds `bytes.len()` bytes and does not overlap `bytes`.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), s.as_mut_ptr(), bytes.len()) };
+fn aligned_copy(bytes: &[u8]) -> AlignedBuf {
+    let mut s = AlignedBuf::zeroed(bytes.len(), 4096).expect("memory");
+    s.as_mut_slice().copy_from_slice(bytes);
     s
 }
 

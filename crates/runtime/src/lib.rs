@@ -10,6 +10,7 @@
 //! }
 //! ```
 
+pub mod aligned;
 pub mod artifact;
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -4,20 +4,20 @@
 pub mod pool;
 pub mod scratch;
 
+use crate::aligned::AlignedBuf;
 use crate::artifact::manifest::{BufArg, ElemType, Storage, Symbol};
 use crate::artifact::Artifact;
 use crate::error::{Result, RuntimeError};
 use crate::offload::{ExpertCache, OffloadConfig, Trace};
 use pool::{KernelFn, Pool};
-use scratch::Scratch;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// One KV-cache slot: keys and values `[capacity, kv_heads, head_dim]`, positions `[capacity]`.
 struct KvStore {
     /// Owners of the memory `ptrs` point into.
-    _keys: Scratch,
-    _values: Scratch,
+    _keys: AlignedBuf,
+    _values: AlignedBuf,
     positions: Vec<i32>,
     /// Pointers to the three arrays, taken once (kernels write through them; the arrays are never
     /// resized).
@@ -37,8 +37,8 @@ enum Kernel {
 }
 
 /// `bytes` of zeroed, aligned scratch memory for `what`, or an error naming it.
-fn scratch(bytes: usize, what: &str) -> Result<Scratch> {
-    Scratch::zeroed(bytes)
+fn scratch(bytes: usize, what: &str) -> Result<AlignedBuf> {
+    scratch::zeroed(bytes)
         .ok_or_else(|| RuntimeError::Execution(format!("cannot allocate {bytes} bytes of memory for {what}")))
 }
 
@@ -46,7 +46,7 @@ fn scratch(bytes: usize, what: &str) -> Result<Scratch> {
 enum Memory {
     /// Owned scratch memory (page- or line-aligned), allocated once at load and never resized
     /// (kernels write through its pointer).
-    Owned(Scratch),
+    Owned(AlignedBuf),
     /// Bytes of the memory-mapped weight file.
     Weight(*const u8),
     /// Another buffer's memory plus an element offset (evaluated per call).
@@ -214,7 +214,7 @@ impl CpuModel {
             let what = format!("KV cache slot {}", s.slot);
             let (keys, values) = (scratch(n * 4, &what)?, scratch(n * 4, &what)?);
             let mut positions = vec![0i32; m.max_context];
-            let ptrs = [keys.as_mut_ptr(), values.as_mut_ptr(), positions.as_mut_ptr() as *mut u8];
+            let ptrs = [keys.as_ptr(), values.as_ptr(), positions.as_mut_ptr() as *mut u8];
             let len_symbol = m.symbols.iter().position(|sym| *sym == Symbol::CacheLen { slot: s.slot });
             caches.insert(
                 s.slot,
@@ -378,7 +378,7 @@ impl CpuModel {
     fn ptr(&self, b: usize) -> *mut u8 {
         let spec = &self.art.manifest.buffers[b];
         match &self.memory[b] {
-            Memory::Owned(s) => s.as_mut_ptr(),
+            Memory::Owned(s) => s.as_ptr(),
             Memory::Weight(p) => *p as *mut u8,
             Memory::Alias(of) => {
                 let of = *of;

@@ -10,10 +10,11 @@
 //! 4. [`ExpertCache::release`] — its last step ran: it may be evicted again.
 
 use super::config::{CacheSize, OffloadConfig, PolicyKind};
-use super::loader::{plan_reads, AlignedBuf, Loader, IO_ALIGN};
+use super::loader::{io_buffer, plan_reads, Loader, IO_ALIGN};
 use super::policy::{as_probabilities, new_policy, Policy};
 use super::slots::SlotTable;
 use super::trace::{LayerStats, Trace, TraceEvent, TRACE_FORMAT};
+use crate::aligned::AlignedBuf;
 use crate::artifact::manifest::{BufferSpec, MoeLayer};
 use crate::error::{Result, RuntimeError};
 use std::collections::HashMap;
@@ -166,9 +167,7 @@ impl ExpertCache {
             let e = l.experts.len();
             cache_layers.push(LayerCache {
                 experts,
-                slots: (0..per_layer)
-                    .map(|_| Slot { buf: AlignedBuf::new(sb), ticket: None, prefetched: false })
-                    .collect(),
+                slots: (0..per_layer).map(|_| Slot { buf: io_buffer(sb), ticket: None, prefetched: false }).collect(),
                 table: SlotTable::new(per_layer, e),
                 policy: new_policy(cfg.policy, e),
                 top_k: l.top_k,

@@ -6,6 +6,7 @@
 //! demand loads go to the front of the queue, prefetches to the back, and a queued job whose slot
 //! was given to another expert is cancelled. One thread keeps jobs for the same slot in order.
 
+use crate::aligned::AlignedBuf;
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -202,7 +203,7 @@ impl Drop for Loader {
 
 /// Whether an aligned `O_DIRECT` read works on this file (tmpfs and some overlays refuse).
 fn probe_direct(f: &File) -> bool {
-    let mut buf = AlignedBuf::new(IO_ALIGN);
+    let mut buf = io_buffer(IO_ALIGN);
     f.read_at(buf.as_mut_slice(), 0).is_ok()
 }
 
@@ -268,51 +269,13 @@ fn read_fully(file: &File, dst: Dst, r: &Read, direct: bool) -> std::io::Result<
     Ok(())
 }
 
-/// Zeroed memory aligned to [`IO_ALIGN`], for `O_DIRECT` reads.
-pub struct AlignedBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: plain owned memory.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    pub fn new(len: usize) -> AlignedBuf {
-        let len = len.max(1).next_multiple_of(IO_ALIGN);
-        let layout = std::alloc::Layout::from_size_align(len, IO_ALIGN).expect("valid layout");
-        // SAFETY: non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        AlignedBuf { ptr, len }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: owned, initialized (zeroed) memory of `len` bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len, IO_ALIGN).expect("valid layout");
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, layout) }
-    }
+/// `len` zeroed bytes rounded up to whole [`IO_ALIGN`] blocks and aligned to one, for `O_DIRECT`
+/// reads. Aborts like any allocation when memory runs out.
+pub fn io_buffer(len: usize) -> AlignedBuf {
+    let len = len.max(1).next_multiple_of(IO_ALIGN);
+    AlignedBuf::zeroed(len, IO_ALIGN).unwrap_or_else(|| {
+        std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(len, IO_ALIGN).expect("valid layout"))
+    })
 }
 
 /// The aligned reads that bring byte ranges `[start, end)` of the file into one buffer, and where
@@ -375,7 +338,7 @@ mod tests {
         let data: Vec<u8> = (0..2 * len).map(|i| (i % 253) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let mut loader = Loader::new(&path, true).unwrap();
-        let slot = AlignedBuf::new(len);
+        let slot = io_buffer(len);
         for round in 0..20 {
             // A long prefetch into the slot, then the slot given to another range.
             let old = loader.submit(slot.as_ptr(), vec![Read { file_offset: 0, len, dst_offset: 0 }], false);
@@ -386,7 +349,7 @@ mod tests {
             let new = loader.submit(slot.as_ptr(), vec![Read { file_offset: len as u64, len, dst_offset: 0 }], true);
             loader.wait(new).unwrap();
             // Anything left of the old job would run before this one.
-            let mut probe = AlignedBuf::new(IO_ALIGN);
+            let mut probe = io_buffer(IO_ALIGN);
             let flush =
                 loader.submit(probe.as_ptr(), vec![Read { file_offset: 0, len: IO_ALIGN, dst_offset: 0 }], false);
             loader.wait(flush).unwrap();
@@ -408,8 +371,8 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         let mut loader = Loader::new(&path, true).unwrap();
         let (reads, places, total) = plan_reads(&[(1000, 9000), (30_000, 39_999)], 0);
-        let mut a = AlignedBuf::new(total);
-        let mut b = AlignedBuf::new(total);
+        let mut a = io_buffer(total);
+        let mut b = io_buffer(total);
         let ta = loader.submit(a.as_ptr(), reads.clone(), false);
         let tb = loader.submit(b.as_ptr(), reads.clone(), true);
         loader.wait(tb).unwrap();
