@@ -250,6 +250,19 @@ impl<'ctx> KernelCx<'ctx> {
         Ok(e.into_float_value())
     }
 
+    /// The element-wise sum of `vs` by a fixed pairwise tree (element i with i + ⌈n/2⌉, until one
+    /// is left): short dependency chains, and the same order on every target.
+    pub fn pairwise_sum(&self, mut vs: Vec<VectorValue<'ctx>>) -> Result<VectorValue<'ctx>> {
+        while vs.len() > 1 {
+            let half = vs.len().div_ceil(2);
+            for i in 0..vs.len() - half {
+                vs[i] = self.builder.build_float_add(vs[i], vs[i + half], "pairs").map_err(llvm_err)?;
+            }
+            vs.truncate(half);
+        }
+        vs.pop().ok_or_else(|| llvm_err("a sum of no vectors"))
+    }
+
     /// The horizontal sums of `vs` (a power of two of them, at most their width) as one vector of
     /// `vs.len()` lanes, lane i = Σ of `vs[i]`, by a transposing tree: each level adds the two
     /// halves of every vector's segment while packing two vectors into one, then the last vector's

@@ -127,22 +127,14 @@ fn key_products<'ctx>(
     chunks: &[(usize, u32)],
     key: PointerValue<'ctx>,
 ) -> Result<VectorValue<'ctx>> {
-    let b = &cx.builder;
-    let mut ps = chunks
+    let products = chunks
         .iter()
         .zip(q)
         .map(|(&(off, w), &qv)| {
-            b.build_float_mul(qv, cx.load_vf32(key, cx.c64(off as i64), w)?, "qk").map_err(llvm_err)
+            cx.builder.build_float_mul(qv, cx.load_vf32(key, cx.c64(off as i64), w)?, "qk").map_err(llvm_err)
         })
         .collect::<Result<Vec<_>>>()?;
-    while ps.len() > 1 {
-        let half = ps.len().div_ceil(2);
-        for i in 0..ps.len() - half {
-            ps[i] = b.build_float_add(ps[i], ps[i + half], "qk2").map_err(llvm_err)?;
-        }
-        ps.truncate(half);
-    }
-    ps.pop().ok_or_else(|| llvm_err("dot over an empty head"))
+    cx.pairwise_sum(products)
 }
 
 /// The largest lane of `v`: a shuffle tree of compare-and-selects (plain `vmaxps`; LLVM's

@@ -658,18 +658,8 @@ impl<'a, 'ctx> Gemm<'a, 'ctx> {
         // Row-major over the tile: pair (r, c) at r · cols + c.
         let pairs = (0..tile.rows)
             .flat_map(|r| (0..tile.cols).map(move |c| (r, c)))
-            .map(|(r, c)| {
-                let mut partial: Vec<VectorValue<'ctx>> = (0..tile.sets).map(|s| accs[tile.acc(s, c, r)]).collect();
-                // Pairwise: set s with set s + half, until one vector is left.
-                while partial.len() > 1 {
-                    let half = partial.len().div_ceil(2);
-                    for s in 0..partial.len() - half {
-                        partial[s] = b.build_float_add(partial[s], partial[s + half], "sets").map_err(llvm_err)?;
-                    }
-                    partial.truncate(half);
-                }
-                Ok(partial[0])
-            })
+            // A pair's sets pairwise: set s with set s + half, until one vector is left.
+            .map(|(r, c)| cx.pairwise_sum((0..tile.sets).map(|s| accs[tile.acc(s, c, r)]).collect()))
             .collect::<Result<Vec<_>>>()?;
         let out_at =
             |r: u32| -> Result<IntValue<'ctx>> { add(cx, mul_add(cx, add(cx, i, cx.c64(r.into()))?, self.n, 0)?, j) };
