@@ -233,6 +233,14 @@ impl<'ctx> KernelCx<'ctx> {
         self.builder.build_shuffle_vector(one, undef, mask, "splat").map_err(llvm_err)
     }
 
+    /// A vector of `lanes` copies of the integer `v` (of its own width).
+    pub fn splat_int(&self, v: IntValue<'ctx>, lanes: u32) -> Result<VectorValue<'ctx>> {
+        let undef = v.get_type().vec_type(lanes).get_undef();
+        let one = self.builder.build_insert_element(undef, v, self.i32().const_zero(), "s").map_err(llvm_err)?;
+        let mask = self.i32().vec_type(lanes).const_zero();
+        self.builder.build_shuffle_vector(one, undef, mask, "splat").map_err(llvm_err)
+    }
+
     /// Sum of a vector's lanes (a shuffle tree: the same order on every target with these lanes).
     pub fn hsum(&self, v: VectorValue<'ctx>) -> Result<FloatValue<'ctx>> {
         let mut v = v;

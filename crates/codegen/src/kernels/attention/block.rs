@@ -82,8 +82,10 @@ pub(super) fn update<'ctx>(
     let mut mask = visible_lanes(cx, a, ops, pos_q, j0, limit.map(|_| &entries[..]))?;
     if let Some(limit) = limit {
         let steps: Vec<_> = (0..lanes).map(|i| cx.i64().const_int(u64::from(i), false)).collect();
-        let js = b.build_int_add(int_splat(cx, j0)?, VectorType::const_vector(&steps), "js").map_err(llvm_err)?;
-        let inside = b.build_int_compare(IntPredicate::SLT, js, int_splat(cx, limit)?, "inside").map_err(llvm_err)?;
+        let js =
+            b.build_int_add(cx.splat_int(j0, cx.lanes)?, VectorType::const_vector(&steps), "js").map_err(llvm_err)?;
+        let inside =
+            b.build_int_compare(IntPredicate::SLT, js, cx.splat_int(limit, cx.lanes)?, "inside").map_err(llvm_err)?;
         mask = Some(both(cx, mask, inside)?);
     }
     if let Some(visible) = mask {
@@ -190,7 +192,7 @@ fn visible_lanes<'ctx>(
         }
     };
     // Positions are i32 (the cache stores them so), so pos_q fits and differences cannot overflow.
-    let pos_q = int_splat(cx, b.build_int_truncate(pos_q, cx.i32(), "q32").map_err(llvm_err)?)?;
+    let pos_q = cx.splat_int(b.build_int_truncate(pos_q, cx.i32(), "q32").map_err(llvm_err)?, cx.lanes)?;
     let mut mask = None;
     if a.causal {
         mask = Some(b.build_int_compare(IntPredicate::SLE, pos_k, pos_q, "causal").map_err(llvm_err)?);
@@ -198,18 +200,11 @@ fn visible_lanes<'ctx>(
     if let Some(w) = a.window {
         let age = b.build_int_sub(pos_q, pos_k, "age").map_err(llvm_err)?;
         let w32 = cx.i32().const_int(w.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as u64, true);
-        let inside = b.build_int_compare(IntPredicate::SLT, age, int_splat(cx, w32)?, "win").map_err(llvm_err)?;
+        let inside =
+            b.build_int_compare(IntPredicate::SLT, age, cx.splat_int(w32, cx.lanes)?, "win").map_err(llvm_err)?;
         mask = Some(both(cx, mask, inside)?);
     }
     Ok(mask)
-}
-
-/// `<lanes x iN>` copies of the integer `x`.
-fn int_splat<'ctx>(cx: &KernelCx<'ctx>, x: IntValue<'ctx>) -> Result<VectorValue<'ctx>> {
-    let b = &cx.builder;
-    let ty = x.get_type().vec_type(cx.lanes);
-    let one = b.build_insert_element(ty.get_undef(), x, cx.i32().const_zero(), "x").map_err(llvm_err)?;
-    b.build_shuffle_vector(one, ty.get_undef(), cx.i32().vec_type(cx.lanes).const_zero(), "xs").map_err(llvm_err)
 }
 
 /// The lanes set in both masks (`mask` absent: all set).

@@ -272,7 +272,7 @@ fn dequant_group<'ctx>(
                 let high = cx.icmp(IntPredicate::UGE, j, cx.c64(16))?;
                 let shift =
                     b.build_select(high, cx.i32().const_int(4, false), cx.i32().const_zero(), "s").map_err(llvm_err)?;
-                let shift = splat_value(cx, shift.into_int_value(), n)?;
+                let shift = cx.splat_int(shift.into_int_value(), n)?;
                 let nib = b
                     .build_and(
                         b.build_right_shift(wide, shift, false, "hs").map_err(llvm_err)?,
@@ -297,10 +297,4 @@ fn dequant_group<'ctx>(
 
 fn splat_i32<'ctx>(cx: &KernelCx<'ctx>, v: u64, n: u32) -> VectorValue<'ctx> {
     VectorType::const_vector(&vec![cx.i32().const_int(v, false); n as usize])
-}
-
-fn splat_value<'ctx>(cx: &KernelCx<'ctx>, v: IntValue<'ctx>, n: u32) -> Result<VectorValue<'ctx>> {
-    let ty = cx.i32().vec_type(n);
-    let one = cx.builder.build_insert_element(ty.get_undef(), v, cx.i32().const_zero(), "s").map_err(llvm_err)?;
-    cx.builder.build_shuffle_vector(one, ty.get_undef(), cx.i32().vec_type(n).const_zero(), "splat").map_err(llvm_err)
 }
