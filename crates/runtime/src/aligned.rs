@@ -1,8 +1,31 @@
 //! Zeroed memory at a chosen alignment: buffers for `O_DIRECT` reads (the offload loader) and the
-//! CPU executor's activations and KV caches, which must not start at `malloc`'s whim.
+//! CPU executor's activations and KV caches, which must not start at `malloc`'s whim; and the
+//! alignment rule those and the artifact's weights share ([`alignment_for`]).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
+
+/// A cache line: where blocks smaller than a page start.
+pub const LINE: usize = 64;
+/// A page: where blocks of at least this size start.
+pub const PAGE: usize = 4096;
+
+/// Where data of `len` bytes that kernels read with vector loads should start: on a page from
+/// 4 KiB up, else on a cache line. The artifact writer places weights so, and the CPU executor
+/// its activations and KV caches.
+///
+/// Why: a `Vec` of that size comes from `malloc`, which maps large blocks 16 bytes into a page, so
+/// every 64-byte vector load of an activation spanned two cache lines (in SmolLM2's f32 prefill
+/// the GEMM loads one per 4 FMAs; page-aligned activations made prefill about 12% faster); and
+/// the interleaved f32 GEMV streams a page-aligned matrix at 16–17 GB/s but one starting 192 or
+/// 2496 bytes into a page at about 14 (docs/bench.md).
+pub fn alignment_for(len: usize) -> usize {
+    if len >= PAGE {
+        PAGE
+    } else {
+        LINE
+    }
+}
 
 /// An owned, zero-initialised block of bytes at a fixed alignment that never moves or grows.
 pub struct AlignedBuf {
@@ -53,7 +76,7 @@ impl Drop for AlignedBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::AlignedBuf;
+    use super::{alignment_for, AlignedBuf};
 
     #[test]
     fn blocks_are_zeroed_at_their_alignment() {
@@ -64,6 +87,9 @@ mod tests {
             assert!(b.as_mut_slice().iter().all(|&x| x == 0));
         }
         assert!(AlignedBuf::zeroed(64, 3).is_none(), "not a power of two");
+        for (len, align) in [(0, 64), (100, 64), (4095, 64), (4096, 4096), (1 << 20, 4096)] {
+            assert_eq!(alignment_for(len), align, "{len} bytes");
+        }
         assert!(AlignedBuf::zeroed(usize::MAX, 64).is_none(), "too large");
     }
 }

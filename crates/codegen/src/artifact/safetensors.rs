@@ -1,5 +1,6 @@
 //! Writing `weights.safetensors` with every tensor of at least 4 KiB page-aligned and every other
-//! one 64-byte aligned. The file is memory-mapped (or copied whole onto huge pages), so alignment
+//! one 64-byte aligned (`kiln_runtime::aligned::alignment_for`, the rule the CPU executor's
+//! activations follow too). The file is memory-mapped (or copied whole onto huge pages), so alignment
 //! in the file is alignment in memory: kernels load weights with wide vector loads, and the
 //! interleaved f32 GEMV reads its one sequential stream at 16–17 GB/s from a page-aligned matrix
 //! but 14 GB/s from one starting 192 or 2496 bytes into a page (`benches/gemv.rs` with `KILN_BENCH_OFFSET`).
@@ -7,18 +8,7 @@
 
 use std::io::Write;
 
-/// Alignment of small tensors (norm weights, biases): a cache line.
-const LINE: usize = 64;
-/// Alignment of tensors of at least this size, and of the data section: a page.
-const PAGE: usize = 4096;
-
-fn align_for(len: usize) -> usize {
-    if len >= PAGE {
-        PAGE
-    } else {
-        LINE
-    }
-}
+use kiln_runtime::aligned::{alignment_for, PAGE};
 
 /// Writes `tensors` (name, raw bytes, dtype string `U8`/`F32`) to `w`.
 pub fn write(
@@ -35,7 +25,7 @@ pub fn write(
     let mut layout = Vec::new();
     let mut at = 0usize;
     for (i, (name, bytes, dtype)) in tensors.iter().enumerate() {
-        let pad = at.next_multiple_of(align_for(bytes.len())) - at;
+        let pad = at.next_multiple_of(alignment_for(bytes.len())) - at;
         if pad > 0 {
             let pname = format!("__pad.{i}");
             entries.insert(pname, serde_json::json!({"dtype": "U8", "shape": [pad], "data_offsets": [at, at + pad]}));
@@ -58,7 +48,7 @@ pub fn write(
     let mut pads = layout.into_iter();
     let mut at = 0usize;
     for (_, bytes, _) in tensors {
-        if !at.is_multiple_of(align_for(bytes.len())) {
+        if !at.is_multiple_of(alignment_for(bytes.len())) {
             let pad = pads.next().unwrap_or(0);
             w.write_all(&zeros[..pad])?;
             at += pad;
@@ -90,7 +80,7 @@ mod tests {
         for (name, bytes, _) in &tensors {
             let offsets = &header[name]["data_offsets"];
             let (begin, end) = (offsets[0].as_u64().unwrap() as usize, offsets[1].as_u64().unwrap() as usize);
-            let align = if bytes.len() >= PAGE { PAGE } else { LINE };
+            let align = if bytes.len() >= 4096 { 4096 } else { 64 };
             assert_eq!((data + begin) % align, 0, "{name} ({} bytes) at {begin}", bytes.len());
             assert_eq!(&file[data + begin..data + end], &bytes[..], "{name}'s bytes");
         }

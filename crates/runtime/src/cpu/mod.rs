@@ -2,7 +2,6 @@
 //! calls from `kernels.so` split over a thread pool.
 
 pub mod pool;
-pub mod scratch;
 
 use crate::aligned::AlignedBuf;
 use crate::artifact::manifest::{BufArg, ElemType, Storage, Symbol};
@@ -36,9 +35,10 @@ enum Kernel {
     Simulated(crate::simt::SimFn, crate::artifact::manifest::Launch),
 }
 
-/// `bytes` of zeroed, aligned scratch memory for `what`, or an error naming it.
+/// `bytes` of zeroed scratch memory for `what`, aligned for vector loads
+/// ([`crate::aligned::alignment_for`]), or an error naming it.
 fn scratch(bytes: usize, what: &str) -> Result<AlignedBuf> {
-    scratch::zeroed(bytes)
+    AlignedBuf::zeroed(bytes, crate::aligned::alignment_for(bytes))
         .ok_or_else(|| RuntimeError::Execution(format!("cannot allocate {bytes} bytes of memory for {what}")))
 }
 
