@@ -70,7 +70,8 @@ impl WeightFile {
     ///
     /// Decoding streams every weight once per token, and how fast one core can do that depends on
     /// the pages: Linux maps a file's page cache with 4 KiB pages unless it happened to build 2 MiB
-    /// folios — never for a freshly written file, such as an artifact compiled a moment ago — and
+    /// folios — for a freshly written file, such as an artifact compiled a moment ago, only a part
+    /// of it (112–237 of SmolLM2's 538 MB in `FilePmdMapped`) — and
     /// 4 KiB pages cost a TLB miss every 64 cache lines. Measured on SmolLM2 f32, one thread:
     /// 18–22 tok/s from a just-compiled artifact's mapping, 26 from the copy (and from a mapping
     /// whose page cache Linux had built from 2 MiB folios). The copy costs load time (zeroing
